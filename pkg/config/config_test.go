@@ -1,0 +1,197 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func flags(t *testing.T, args ...string) *pflag.FlagSet {
+	t.Helper()
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return fs
+}
+
+func TestLoad(t *testing.T) {
+	t.Run("nothing set gives the defaults and a missing default file is fine", func(t *testing.T) {
+		l, err := Load(Sources{File: filepath.Join(t.TempDir(), "absent.yaml")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(l.Config, Default()) {
+			t.Fatalf("got %+v, want defaults %+v", l.Config, Default())
+		}
+		if l.File != "" || l.Origins["keep"] != FromDefault {
+			t.Fatalf("file %q origin %q", l.File, l.Origins["keep"])
+		}
+	})
+
+	t.Run("a missing named file is an error", func(t *testing.T) {
+		p := filepath.Join(t.TempDir(), "absent.yaml")
+		_, err := Load(Sources{File: p, FileRequired: true})
+		if err == nil || !strings.Contains(err.Error(), p) {
+			t.Fatalf("want an error naming %s, got %v", p, err)
+		}
+	})
+
+	t.Run("a file sets every kind of key", func(t *testing.T) {
+		p := writeFile(t, `# driver for the GPU pool
+driver-version: "550.54.14"
+repository: registry.example.com/gpu/nvidia-driver
+tag-template: "{{.OSID}}-{{.OSVersion}}-{{.DriverVersion}}"
+modules:
+  - nvidia
+  - nvidia-uvm
+store: /var/lib/nvidia/
+keep: 3
+require-gpu: false
+`)
+		l, err := Load(Sources{File: p, FileRequired: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := Config{
+			DriverVersion: "550.54.14",
+			Repository:    "registry.example.com/gpu/nvidia-driver",
+			TagTemplate:   "{{.OSID}}-{{.OSVersion}}-{{.DriverVersion}}",
+			Modules:       []string{"nvidia", "nvidia-uvm"},
+			Store:         "/var/lib/nvidia",
+			Keep:          3,
+			RequireGPU:    false,
+		}
+		if !reflect.DeepEqual(l.Config, want) {
+			t.Fatalf("got %+v\nwant %+v", l.Config, want)
+		}
+		if l.File != p || l.Origins["modules"] != FromFile {
+			t.Fatalf("file %q origin %q", l.File, l.Origins["modules"])
+		}
+	})
+
+	t.Run("flag beats environment beats file", func(t *testing.T) {
+		p := writeFile(t, "driver-version: 535.161.07\nkeep: 5\nstore: /srv/nvidia\n")
+		l, err := Load(Sources{
+			File: p, FileRequired: true,
+			Environ: []string{"NVIDIA_DRIVERD_DRIVER_VERSION=550.54.14", "NVIDIA_DRIVERD_KEEP=4", "NVIDIA_DRIVERD_MODULES=nvidia, nvidia-uvm"},
+			Flags:   flags(t, "--driver-version=560.35.03"),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := l.Config
+		if c.DriverVersion != "560.35.03" || c.Keep != 4 || c.Store != "/srv/nvidia" {
+			t.Fatalf("got %+v", c)
+		}
+		if !reflect.DeepEqual(c.Modules, []string{"nvidia", "nvidia-uvm"}) {
+			t.Fatalf("modules from env: %q", c.Modules)
+		}
+		got := map[string]Origin{"driver-version": FromFlag, "keep": FromEnv, "store": FromFile, "repository": FromDefault}
+		for k, want := range got {
+			if l.Origins[k] != want {
+				t.Errorf("origin of %s = %s, want %s", k, l.Origins[k], want)
+			}
+		}
+	})
+
+	t.Run("a flag can set an empty list only by error", func(t *testing.T) {
+		_, err := Load(Sources{File: "/nonexistent", Flags: flags(t, "--modules=")})
+		if err == nil || !strings.Contains(err.Error(), "--modules") {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+func TestLoadRejects(t *testing.T) {
+	cases := []struct {
+		name, file string
+		env        []string
+		want       []string // substrings of the error
+	}{
+		{name: "an unknown key, with its line", file: "keep: 2\ndrivr-version: 550.54.14\n", want: []string{"line 2", `unknown key "drivr-version"`}},
+		{name: "a bad integer, naming key and line", file: "\n\nkeep: two\n", want: []string{"line 3", "keep", `"two"`}},
+		{name: "a zero keep", file: "keep: 0\n", want: []string{"keep", "at least 1"}},
+		{name: "a bad boolean", file: "require-gpu: maybe\n", want: []string{"line 1", "require-gpu"}},
+		{name: "a relative store", file: "store: opt/nvidia\n", want: []string{"store", "absolute"}},
+		{name: "a malformed driver version", file: "driver-version: latest\n", want: []string{"driver-version", `"latest"`}},
+		{name: "a repository without registry host", file: "repository: nvidia-driver\n", want: []string{"line 1", "repository"}},
+		{name: "a repository with a tag", file: "repository: ghcr.io/x/y:latest\n", want: []string{"repository"}},
+		{name: "a template with an unknown field", file: "tag-template: '{{.OSVersoin}}-{{.DriverVersion}}'\n", want: []string{"tag-template", "OSVersoin"}},
+		{name: "a template that yields an invalid tag", file: "tag-template: '{{.OSVersion}}/{{.DriverVersion}}'\n", want: []string{"tag-template", "not a valid tag"}},
+		{name: "a template syntax error", file: "tag-template: '{{.OSVersion'\n", want: []string{"tag-template"}},
+		{name: "a list where a value belongs", file: "keep: [1, 2]\n", want: []string{"keep", "single value"}},
+		{name: "a mapping where a value belongs", file: "store:\n  path: /x\n", want: []string{"store", "mapping"}},
+		{name: "a key given twice", file: "keep: 2\nkeep: 3\n", want: []string{"line 2", "already set on line 1"}},
+		{name: "a module listed twice", file: "modules: [nvidia, nvidia_uvm, nvidia-uvm]\n", want: []string{"modules", "twice"}},
+		{name: "a bad module name", file: "modules: [nvidia, ../evil]\n", want: []string{"modules", "../evil"}},
+		{name: "a document that is not a mapping", file: "- keep\n", want: []string{"line 1", "mapping"}},
+		{name: "broken YAML", file: "keep: [\n", want: []string{"config"}},
+		{name: "a bad environment value", env: []string{"NVIDIA_DRIVERD_KEEP=-1"}, want: []string{"NVIDIA_DRIVERD_KEEP", "keep"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeFile(t, tc.file)
+			_, err := Load(Sources{File: p, FileRequired: true, Environ: tc.env})
+			if err == nil {
+				t.Fatal("Load accepted it")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if tc.file != "" && tc.env == nil && !strings.Contains(err.Error(), p) {
+				t.Errorf("error %q does not name the file", err)
+			}
+		})
+	}
+}
+
+func TestYAMLRoundTrip(t *testing.T) {
+	t.Run("the printed configuration loads back to the same values", func(t *testing.T) {
+		l, err := Load(Sources{File: "/nonexistent", Environ: []string{"NVIDIA_DRIVERD_DRIVER_VERSION=550.54.14"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := l.YAML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(out), "driver-version: 550.54.14 # env") {
+			t.Errorf("origin comment missing:\n%s", out)
+		}
+		var probe yaml.Node
+		if err := yaml.Unmarshal(out, &probe); err != nil {
+			t.Fatal(err)
+		}
+		back, err := Load(Sources{File: writeFile(t, string(out)), FileRequired: true})
+		if err != nil {
+			t.Fatalf("reload: %v\n%s", err, out)
+		}
+		if !reflect.DeepEqual(back.Config, l.Config) {
+			t.Fatalf("got %+v, want %+v", back.Config, l.Config)
+		}
+	})
+}
+
+func TestEnvName(t *testing.T) {
+	if got := EnvName("driver-version"); got != "NVIDIA_DRIVERD_DRIVER_VERSION" {
+		t.Fatal(got)
+	}
+}

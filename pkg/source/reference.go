@@ -1,0 +1,139 @@
+// Package source names driver images and, in later stages, fetches them.
+//
+// This file turns the configured repository and tag template into an image
+// reference for one host.
+package source
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"text/template"
+
+	"github.com/google/go-containerregistry/pkg/name"
+)
+
+// DefaultTagTemplate is the tag scheme of the original CoreOS installer:
+// <os-version>-<driver-version>, e.g. 3815.2.0-550.54.14.
+const DefaultTagTemplate = "{{.OSVersion}}-{{.DriverVersion}}"
+
+// Vars are the values a tag template may use.
+type Vars struct {
+	OSID          string // os-release ID: flatcar, coreos, debian, ...
+	OSVersion     string // os-release VERSION_ID (VERSION when absent)
+	BuildID       string // os-release BUILD_ID
+	DriverVersion string // e.g. 550.54.14
+	KernelRelease string // e.g. 6.1.77-flatcar
+}
+
+// Template is a parsed tag template.
+type Template struct {
+	text string
+	tmpl *template.Template
+}
+
+// sampleVars fill every field so that ParseTemplate can dry-run a template.
+var sampleVars = Vars{
+	OSID:          "flatcar",
+	OSVersion:     "3815.2.0",
+	BuildID:       "2024-02-12-1523",
+	DriverVersion: "550.54.14",
+	KernelRelease: "6.1.77-flatcar",
+}
+
+// ParseTemplate parses a tag template and renders it once with sample values,
+// so that a misspelt field or a template yielding an invalid tag is reported
+// when the configuration is read rather than at the first fetch. It returns
+// an error for a syntax error, an unknown field, or a sample result that is
+// not a valid OCI tag.
+func ParseTemplate(text string) (*Template, error) {
+	if strings.TrimSpace(text) == "" {
+		return nil, errors.New("tag template is empty")
+	}
+	tmpl, err := template.New("tag").Option("missingkey=error").Parse(text)
+	if err != nil {
+		return nil, fmt.Errorf("parse tag template %q: %w", text, err)
+	}
+	t := &Template{text: text, tmpl: tmpl}
+	if _, err := t.Render(sampleVars); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// String returns the template text.
+func (t *Template) String() string { return t.text }
+
+// Render executes the template. It returns an error when execution fails,
+// when a field the template uses is empty (an empty OS version would silently
+// produce a tag for no OS at all), or when the result is not a valid tag.
+func (t *Template) Render(v Vars) (string, error) {
+	var buf bytes.Buffer
+	if err := t.tmpl.Execute(&buf, v); err != nil {
+		return "", fmt.Errorf("render tag template %q: %w", t.text, err)
+	}
+	for _, f := range t.usedFields() {
+		if f.value(v) == "" {
+			return "", fmt.Errorf("render tag template %q: %s is unknown on this host", t.text, f.name)
+		}
+	}
+	tag := buf.String()
+	if _, err := name.NewTag("example.invalid/x:"+tag, name.StrictValidation); err != nil {
+		return "", fmt.Errorf("render tag template %q: %q is not a valid tag (letters, digits, '_', '.', '-', at most 128)", t.text, tag)
+	}
+	return tag, nil
+}
+
+type field struct {
+	name  string
+	value func(Vars) string
+}
+
+var fields = []field{
+	{"OSID", func(v Vars) string { return v.OSID }},
+	{"OSVersion", func(v Vars) string { return v.OSVersion }},
+	{"BuildID", func(v Vars) string { return v.BuildID }},
+	{"DriverVersion", func(v Vars) string { return v.DriverVersion }},
+	{"KernelRelease", func(v Vars) string { return v.KernelRelease }},
+}
+
+// usedFields reports the fields the template text mentions. A textual check
+// is enough here: it only decides which empty values are worth an error.
+func (t *Template) usedFields() []field {
+	var used []field
+	for _, f := range fields {
+		if strings.Contains(t.text, "."+f.name) {
+			used = append(used, f)
+		}
+	}
+	return used
+}
+
+// UsesKernelRelease reports whether the template names the kernel release,
+// i.e. whether a new kernel on a generic host needs a new image.
+func (t *Template) UsesKernelRelease() bool {
+	return strings.Contains(t.text, ".KernelRelease")
+}
+
+// Reference joins a repository and a rendered tag into an image reference.
+// It returns an error when the repository is empty or malformed.
+func Reference(repository, tag string) (name.Tag, error) {
+	if repository == "" {
+		return name.Tag{}, errors.New("no repository configured")
+	}
+	ref, err := name.NewTag(repository+":"+tag, name.StrictValidation)
+	if err != nil {
+		return name.Tag{}, fmt.Errorf("image reference %s:%s: %w", repository, tag, err)
+	}
+	return ref, nil
+}
+
+// ValidateRepository checks that s names a repository (registry host
+// optional, no tag or digest).
+func ValidateRepository(s string) error {
+	if _, err := name.NewRepository(s, name.StrictValidation); err != nil {
+		return fmt.Errorf("repository %q: %w", s, err)
+	}
+	return nil
+}
