@@ -1,0 +1,171 @@
+package engine
+
+import (
+	"fmt"
+	"path"
+	"sort"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
+)
+
+// Action is what the daemon should do.
+type Action string
+
+// The actions Plan chooses from.
+const (
+	ActionNone    Action = "none"    // the wanted driver is loaded
+	ActionLoad    Action = "load"    // current matches the kernel: load it
+	ActionInstall Action = "install" // nothing installed matches: fetch an image
+	ActionSwitch  Action = "switch"  // another installed tree matches: point current at it
+	ActionRefuse  Action = "refuse"  // nothing safe can be done; Reason says why
+)
+
+// State is what the daemon remembers between runs.
+type State struct {
+	// BadDigests are image digests that failed to activate, with why. A
+	// tree with such a digest is never chosen again.
+	BadDigests map[string]string
+}
+
+// Decision is the outcome of Plan.
+type Decision struct {
+	Action Action `json:"action"`
+	Reason string `json:"reason"`
+	// Driver is the driver version wanted, "" when none could be chosen.
+	Driver string `json:"driver,omitempty"`
+	// Tree is the host path of the tree to load or switch to, or where an
+	// install puts the new tree.
+	Tree string `json:"tree,omitempty"`
+	// Image is the reference an install fetches.
+	Image string `json:"image,omitempty"`
+	// Cleanup lists leftovers of interrupted installs to remove first.
+	Cleanup []string `json:"cleanup,omitempty"`
+}
+
+// TreeName is the directory an image for this host is installed under,
+// inside <store>/<driver>/. On Flatcar and CoreOS the OS version pins the
+// kernel, so it is the OS version, as the original installer laid it out;
+// on generic hosts the kernel changes under one OS version, so it is the
+// kernel release.
+func TreeName(f Facts) string {
+	switch f.OS.Family() {
+	case hostinfo.FamilyFlatcar, hostinfo.FamilyCoreOS:
+		return f.OS.OSVersion()
+	default:
+		return f.Kernel.Release
+	}
+}
+
+// TagVars are the tag template's values for this host and driver.
+func TagVars(f Facts, driver string) source.Vars {
+	return source.Vars{
+		OSID:          f.OS.ID,
+		OSVersion:     f.OS.OSVersion(),
+		BuildID:       f.OS.BuildID,
+		DriverVersion: driver,
+		KernelRelease: f.Kernel.Release,
+	}
+}
+
+// Plan decides what to do. It is pure: everything it looks at is in its
+// arguments, and it changes nothing.
+func Plan(f Facts, cfg config.Config, st State) Decision {
+	d := plan(f, cfg, st)
+	d.Cleanup = append([]string(nil), f.Store.Staging...)
+	return d
+}
+
+func plan(f Facts, cfg config.Config, st State) Decision {
+	if cfg.RequireGPU && len(f.GPUs) == 0 {
+		return refuse("no NVIDIA GPU on the PCI bus (vendor 0x10de, display class); set require-gpu: false to install anyway")
+	}
+
+	current := f.Store.Tree(f.Store.Current)
+	driver := cfg.DriverVersion
+	if driver == "" {
+		if current == nil {
+			return refuse("driver-version is not set and no driver is installed")
+		}
+		driver = current.Driver
+	}
+
+	usable := func(t *store.Tree) (bool, string) { return usableTree(t, f, cfg, st, driver) }
+	currentOK, currentWhy := usable(current)
+	loaded := f.LoadedVersion()
+
+	switch {
+	case loaded == driver && (current == nil || currentOK):
+		d := Decision{Action: ActionNone, Driver: driver}
+		if current == nil {
+			d.Reason = fmt.Sprintf("nvidia %s is loaded (not from the store)", loaded)
+		} else {
+			d.Tree = current.Path
+			d.Reason = fmt.Sprintf("nvidia %s is loaded from %s", loaded, current.Path)
+		}
+		return d
+	case currentOK:
+		d := Decision{Action: ActionLoad, Driver: driver, Tree: current.Path,
+			Reason: fmt.Sprintf("%s matches kernel %s", current.Path, f.Kernel.Release)}
+		if loaded != "" {
+			d.Reason += fmt.Sprintf("; nvidia %s is loaded and must be replaced", loaded)
+		}
+		return d
+	}
+
+	var candidates []*store.Tree
+	for i := range f.Store.Trees {
+		if ok, _ := usable(&f.Store.Trees[i]); ok {
+			candidates = append(candidates, &f.Store.Trees[i])
+		}
+	}
+	name := TreeName(f)
+	sort.SliceStable(candidates, func(i, j int) bool {
+		return candidates[i].OSVersion == name && candidates[j].OSVersion != name
+	})
+	if len(candidates) > 0 {
+		return Decision{Action: ActionSwitch, Driver: driver, Tree: candidates[0].Path,
+			Reason: fmt.Sprintf("%s; %s matches kernel %s", currentWhy, candidates[0].Path, f.Kernel.Release)}
+	}
+
+	tmpl, err := cfg.Template()
+	if err != nil {
+		return refuse(err.Error())
+	}
+	tag, err := tmpl.Render(TagVars(f, driver))
+	if err != nil {
+		return refuse(err.Error())
+	}
+	ref, err := source.Reference(cfg.Repository, tag)
+	if err != nil {
+		return Decision{Action: ActionRefuse, Driver: driver,
+			Reason: fmt.Sprintf("%s; nothing installed matches kernel %s and %v to fetch tag %s from", currentWhy, f.Kernel.Release, err, tag)}
+	}
+	return Decision{Action: ActionInstall, Driver: driver, Image: ref.String(),
+		Tree:   path.Join(f.Store.Dir, driver, name),
+		Reason: fmt.Sprintf("%s; no installed tree of driver %s matches kernel %s", currentWhy, driver, f.Kernel.Release)}
+}
+
+// usableTree reports whether t can be loaded for the wanted driver, and if
+// not, a reason that names the tree.
+func usableTree(t *store.Tree, f Facts, cfg config.Config, st State, driver string) (bool, string) {
+	if t == nil {
+		return false, "nothing is current"
+	}
+	if t.Driver != driver {
+		return false, fmt.Sprintf("%s is driver %s, not %s", t.Path, t.Driver, driver)
+	}
+	if t.Meta != nil {
+		if why, bad := st.BadDigests[t.Meta.Digest]; bad {
+			return false, fmt.Sprintf("%s (%s) failed before: %s", t.Path, t.Meta.Digest, why)
+		}
+	}
+	if fit := Judge(*t, f.Kernel, cfg.Modules); !fit.Matches {
+		return false, fmt.Sprintf("%s does not match kernel %s: %s", t.Path, f.Kernel.Release, fit.Problem)
+	}
+	return true, ""
+}
+
+func refuse(reason string) Decision { return Decision{Action: ActionRefuse, Reason: reason} }
