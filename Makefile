@@ -1,0 +1,71 @@
+# nvidia-driverd: `make help` lists the targets.
+
+GO          ?= go
+BIN         := bin/nvidia-driverd
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS     := -X main.version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+CACHE       ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nvidia-driverd
+REAL_MODULES := $(CACHE)/real-module
+FUZZTIME    ?= 15s
+FUZZ_TARGETS := ./pkg/modinfo:FuzzParse ./pkg/modinfo:FuzzParseFields ./pkg/modinfo:FuzzParseVermagic ./pkg/hostinfo:FuzzParseOSRelease
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build bin/nvidia-driverd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nvidia-driverd
+
+.PHONY: deps
+deps: ## Install the Debian packages the tests use (run as root)
+	bash test/deps.sh
+
+.PHONY: fixtures
+fixtures: ## Download and unpack a real Debian kernel module for the tests (cached)
+	bash test/fixtures/real-module.sh $(REAL_MODULES) >/dev/null
+
+.PHONY: test
+test: deps fixtures ## Run every test with the race detector (the README's test command)
+	NVIDIA_DRIVERD_REAL_MODULES=$(REAL_MODULES) NVIDIA_DRIVERD_REQUIRE_FIXTURES=1 \
+		$(GO) test -race -count=1 ./...
+
+.PHONY: lint
+lint: ## gofmt, go vet and staticcheck
+	@out=$$(gofmt -l cmd pkg test); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+.PHONY: check-tidy
+check-tidy: ## Fail when go.mod or go.sum is not tidy
+	$(GO) mod tidy -diff
+
+.PHONY: bench
+bench: ## Run the benchmarks
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+.PHONY: fuzz
+fuzz: ## Run each fuzzer for FUZZTIME (default 15s)
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$pkg $$fn"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
+
+.PHONY: demo
+demo: deps build ## Show status and plan on sample Flatcar, CoreOS and Debian hosts
+	bash test/demo.sh $(BIN)
+
+.PHONY: e2e
+e2e: build ## Run the built binary end to end against fixture hosts
+	NVIDIA_DRIVERD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 ./test/...
+
+.PHONY: ci
+ci: check-tidy lint test e2e ## Everything CI runs
+
+.PHONY: clean
+clean: ## Remove build output
+	rm -rf bin
