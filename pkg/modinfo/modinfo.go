@@ -83,7 +83,19 @@ const (
 // is not a (compressed) ELF file, decompresses to more than
 // MaxDecompressedSize bytes, or fails Parse.
 func Read(path string) (*Info, error) {
-	info, err := readFile(path)
+	return read(path, true)
+}
+
+// ReadPlain is Read for files that must be plain ELF: the modules of a
+// driver tree, which came from an image and are loaded as they are. A
+// compressed file is refused without being decompressed (a hostile xz
+// header could otherwise demand a dictionary of gigabytes).
+func ReadPlain(path string) (*Info, error) {
+	return read(path, false)
+}
+
+func read(path string, allowCompressed bool) (*Info, error) {
+	info, err := readFile(path, allowCompressed)
 	if err != nil {
 		return nil, fmt.Errorf("read modinfo: %s: %w", path, err)
 	}
@@ -94,7 +106,7 @@ func Read(path string) (*Info, error) {
 	return info, nil
 }
 
-func readFile(path string) (*Info, error) {
+func readFile(path string, allowCompressed bool) (*Info, error) {
 	// Stat before opening so that a FIFO or device is refused rather than
 	// blocking in open.
 	if err := checkRegular(os.Stat(path)); err != nil {
@@ -120,6 +132,9 @@ func readFile(path string) (*Info, error) {
 	compression := detectCompression(head)
 	if compression == CompressionNone {
 		return Parse(f, st.Size())
+	}
+	if !allowCompressed {
+		return nil, fmt.Errorf("%s-compressed module where a plain .ko is required", compression)
 	}
 	data, err := decompress(f, compression, MaxDecompressedSize)
 	if err != nil {

@@ -152,6 +152,14 @@ func TestRead(t *testing.T) {
 			}
 		})
 
+		t.Run("ReadPlain refuses a "+c.compress+"-compressed module without decompressing it", func(t *testing.T) {
+			path := kofixture.Build(t, t.TempDir(), kofixture.Module{Name: "nvidia", Fields: nvidiaFields(), Compress: c.compress})
+			_, err := modinfo.ReadPlain(path)
+			if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), c.compress+"-compressed module where a plain .ko is required") {
+				t.Fatalf("ReadPlain = %v", err)
+			}
+		})
+
 		t.Run("a "+c.compress+"-compressed module named .ko is detected by content", func(t *testing.T) {
 			dir := t.TempDir()
 			built := kofixture.Build(t, dir, kofixture.Module{Name: "x", Fields: []string{"license=GPL"}, Compress: c.compress})
@@ -182,6 +190,17 @@ func TestRead(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("ReadPlain reads a plain module like Read", func(t *testing.T) {
+		path := kofixture.Build(t, t.TempDir(), kofixture.Module{Name: "nvidia", Fields: nvidiaFields()})
+		plain, err := modinfo.ReadPlain(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(plain, mustRead(t, path)) {
+			t.Fatalf("ReadPlain and Read differ: %+v", plain)
+		}
+	})
 
 	t.Run("a module without a .modinfo section is refused", func(t *testing.T) {
 		path := kofixture.Build(t, t.TempDir(), kofixture.Module{Name: "bare"})

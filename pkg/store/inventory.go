@@ -191,7 +191,7 @@ func readTree(root, path, driver, osVersion string) Tree {
 			}
 			rel, _ := filepath.Rel(fsKdir, p)
 			m := Module{Name: base, Path: filepath.Join(kdir, rel), Kernel: k.Name()}
-			m.Info, m.Err = modinfo.Read(p)
+			m.Info, m.Err = modinfo.ReadPlain(p)
 			if m.Err != nil {
 				m.Info = nil
 			}
