@@ -38,9 +38,12 @@ type KernelReport struct {
 	FlagsKnown bool `json:"flags_known"`
 }
 
-// DriverReport names the driver version wanted.
+// DriverReport names the driver version wanted and the one running.
 type DriverReport struct {
 	Version string `json:"version"`
+	// Loaded is the version of the loaded nvidia module, from
+	// /sys/module/nvidia/version or /proc/driver/nvidia/version.
+	Loaded string `json:"loaded,omitempty"`
 }
 
 // TreeReport describes one installed tree.
@@ -56,8 +59,10 @@ type TreeReport struct {
 
 // LoadedReport describes a loaded module.
 type LoadedReport struct {
-	Version string `json:"version"`
-	Refcnt  int    `json:"refcnt"`
+	Version   string   `json:"version"`
+	Refcnt    int      `json:"refcnt"`
+	InitState string   `json:"initstate,omitempty"`
+	Holders   []string `json:"holders,omitempty"`
 }
 
 // GPUReport describes an NVIDIA GPU on the PCI bus.
@@ -73,7 +78,7 @@ func NewReport(f Facts, cfg config.Config, d Decision) Report {
 		OS: OSReport{ID: f.OS.ID, Family: f.OS.Family(), Name: f.OS.PrettyName,
 			Version: f.OS.OSVersion(), BuildID: f.OS.BuildID},
 		Kernel:    KernelReport{Release: f.Kernel.Release, Vermagic: f.Kernel.Vermagic(), FlagsKnown: f.Kernel.Flags != nil},
-		Driver:    DriverReport{Version: d.Driver},
+		Driver:    DriverReport{Version: d.Driver, Loaded: f.LoadedVersion()},
 		Installed: []TreeReport{},
 		Loaded:    map[string]LoadedReport{},
 		GPUs:      []GPUReport{},
@@ -94,7 +99,7 @@ func NewReport(f Facts, cfg config.Config, d Decision) Report {
 		}
 	}
 	for name, m := range f.Loaded {
-		r.Loaded[name] = LoadedReport{Version: m.Version, Refcnt: m.Refcnt}
+		r.Loaded[name] = LoadedReport{Version: m.Version, Refcnt: m.Refcnt, InitState: m.InitState, Holders: m.Holders}
 	}
 	for _, g := range f.GPUs {
 		r.GPUs = append(r.GPUs, GPUReport{Address: g.Address, Device: g.Device, Driver: g.Driver})

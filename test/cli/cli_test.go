@@ -90,13 +90,15 @@ type status struct {
 		FlagsKnown        bool `json:"flags_known"`
 	} `json:"kernel"`
 	Driver struct {
-		Version string
+		Version, Loaded string
 	} `json:"driver"`
 	Current   *tree  `json:"current"`
 	Installed []tree `json:"installed"`
 	Loaded    map[string]struct {
-		Version string
-		Refcnt  int
+		Version   string
+		Refcnt    int
+		InitState string
+		Holders   []string
 	} `json:"loaded"`
 	GPUs []struct {
 		Address, Device string
@@ -149,7 +151,7 @@ func TestStatus(t *testing.T) {
 		if len(s.Installed) != 1 {
 			t.Errorf("installed %+v", s.Installed)
 		}
-		if m := s.Loaded["nvidia"]; m.Version != "550.54.14" || m.Refcnt != 2 {
+		if m := s.Loaded["nvidia"]; m.Version != "550.54.14" || m.Refcnt != 2 || m.InitState != "live" || len(m.Holders) != 2 || s.Driver.Loaded != "550.54.14" {
 			t.Errorf("loaded %+v", s.Loaded)
 		}
 		if len(s.GPUs) != 1 || s.GPUs[0].Address != "0000:3b:00.0" || s.GPUs[0].Device != "0x2330" {
