@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -33,6 +34,15 @@ type Config struct {
 	Store         string   // host path of the driver store
 	Keep          int      // installed trees kept by gc
 	RequireGPU    bool     // refuse to act on a host without an NVIDIA GPU
+
+	Source             string            // "" (the repository) or oci-layout:/path
+	Mirrors            []string          // repositories tried before Repository
+	InsecureRegistries []string          // hosts allowed plain HTTP / unverified TLS
+	Digests            map[string]string // tag -> sha256 digest pins
+	Platform           string            // os/arch[/variant]
+	ImageSubdir        string            // template: the tree's directory inside the image
+	MaxImageBytes      int64             // unpack limit on file bytes
+	MaxImageEntries    int               // unpack limit on entries
 }
 
 // Default returns the configuration used where nothing is set.
@@ -43,6 +53,11 @@ func Default() Config {
 		Store:       "/opt/nvidia",
 		Keep:        2,
 		RequireGPU:  true,
+		Platform:    "linux/" + runtime.GOARCH,
+		Digests:     map[string]string{},
+
+		MaxImageBytes:   8 << 30,
+		MaxImageEntries: 200000,
 	}
 }
 
@@ -59,6 +74,7 @@ const (
 	kindList
 	kindInt
 	kindBool
+	kindMap // "k=v" items; a YAML mapping in the file
 )
 
 // key describes one setting. set receives the raw value(s) and validates
@@ -73,6 +89,9 @@ type key struct {
 
 var (
 	driverVersionRE = regexp.MustCompile(`^[0-9]+(\.[0-9]+){1,3}$`)
+	digestRE        = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	platformRE      = regexp.MustCompile(`^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$`)
+	hostRE          = regexp.MustCompile(`^[A-Za-z0-9.-]+(:[0-9]{1,5})?$`)
 	moduleNameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,55}$`)
 )
 
@@ -180,6 +199,123 @@ var keys = []key{
 			return nil
 		},
 		get: func(c Config) any { return c.RequireGPU },
+	},
+	{
+		name: "source", kind: kindString,
+		usage: "where images come from: empty for the repository, or oci-layout:/path for an OCI layout directory",
+		set: func(c *Config, raw []string) error {
+			v := raw[0]
+			if v != "" {
+				p, ok := strings.CutPrefix(v, source.LayoutPrefix)
+				if !ok || !filepath.IsAbs(p) {
+					return fmt.Errorf("want %s/absolute/path or nothing, got %q", source.LayoutPrefix, v)
+				}
+			}
+			c.Source = v
+			return nil
+		},
+		get: func(c Config) any { return c.Source },
+	},
+	{
+		name: "mirrors", kind: kindList,
+		usage: "repositories tried, in order, before the repository (comma-separated)",
+		set: func(c *Config, raw []string) error {
+			for _, m := range raw {
+				if err := source.ValidateRepository(m); err != nil {
+					return err
+				}
+			}
+			c.Mirrors = raw
+			return nil
+		},
+		get: func(c Config) any { return c.Mirrors },
+	},
+	{
+		name: "insecure-registries", kind: kindList,
+		usage: "registry hosts (host[:port]) reached over plain HTTP or unverified TLS (comma-separated)",
+		set: func(c *Config, raw []string) error {
+			for _, h := range raw {
+				if !hostRE.MatchString(h) {
+					return fmt.Errorf("%q is not a host or host:port", h)
+				}
+			}
+			c.InsecureRegistries = raw
+			return nil
+		},
+		get: func(c Config) any { return c.InsecureRegistries },
+	},
+	{
+		name: "digests", kind: kindMap,
+		usage: "digest pins, tag=sha256:... (comma-separated): a tag resolving to another digest is refused",
+		set: func(c *Config, raw []string) error {
+			pins := map[string]string{}
+			for _, kv := range raw {
+				tag, d, ok := strings.Cut(kv, "=")
+				if !ok || tag == "" {
+					return fmt.Errorf("want tag=sha256:<64 hex>, got %q", kv)
+				}
+				if !digestRE.MatchString(d) {
+					return fmt.Errorf("pin for %s: want sha256:<64 hex>, got %q", tag, d)
+				}
+				pins[tag] = d
+			}
+			c.Digests = pins
+			return nil
+		},
+		get: func(c Config) any { return c.Digests },
+	},
+	{
+		name: "platform", kind: kindString,
+		usage: "image platform os/arch[/variant] chosen from an index and required of an image",
+		set: func(c *Config, raw []string) error {
+			if !platformRE.MatchString(raw[0]) {
+				return fmt.Errorf("want os/arch such as linux/amd64, got %q", raw[0])
+			}
+			c.Platform = raw[0]
+			return nil
+		},
+		get: func(c Config) any { return c.Platform },
+	},
+	{
+		name: "image-subdir", kind: kindString,
+		usage: "directory inside the image holding the tree, as a template (original CoreOS images: opt/nvidia/{{.DriverVersion}}/{{.OSVersion}})",
+		set: func(c *Config, raw []string) error {
+			v := strings.Trim(raw[0], "/")
+			if v != "" {
+				if _, err := source.ParseSubdir(v); err != nil {
+					return err
+				}
+			}
+			c.ImageSubdir = v
+			return nil
+		},
+		get: func(c Config) any { return c.ImageSubdir },
+	},
+	{
+		name: "max-image-bytes", kind: kindInt,
+		usage: "most file bytes an image may unpack to",
+		set: func(c *Config, raw []string) error {
+			n, err := strconv.ParseInt(raw[0], 10, 64)
+			if err != nil || n < 1 {
+				return fmt.Errorf("want a positive number of bytes, got %q", raw[0])
+			}
+			c.MaxImageBytes = n
+			return nil
+		},
+		get: func(c Config) any { return c.MaxImageBytes },
+	},
+	{
+		name: "max-image-entries", kind: kindInt,
+		usage: "most files, directories and links an image may hold",
+		set: func(c *Config, raw []string) error {
+			n, err := strconv.Atoi(raw[0])
+			if err != nil || n < 1 {
+				return fmt.Errorf("want a positive integer, got %q", raw[0])
+			}
+			c.MaxImageEntries = n
+			return nil
+		},
+		get: func(c Config) any { return c.MaxImageEntries },
 	},
 }
 

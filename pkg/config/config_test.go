@@ -63,6 +63,15 @@ modules:
 store: /var/lib/nvidia/
 keep: 3
 require-gpu: false
+source: oci-layout:/media/usb/nvidia
+mirrors: [mirror.example.com:5000/nvidia-driver]
+insecure-registries: [mirror.example.com:5000]
+digests:
+  3815.2.0-550.54.14: sha256:`+strings.Repeat("ab", 32)+`
+platform: linux/arm64
+image-subdir: /opt/nvidia/{{.DriverVersion}}/{{.OSVersion}}/
+max-image-bytes: 1000000
+max-image-entries: 500
 `)
 		l, err := Load(Sources{File: p, FileRequired: true})
 		if err != nil {
@@ -76,6 +85,15 @@ require-gpu: false
 			Store:         "/var/lib/nvidia",
 			Keep:          3,
 			RequireGPU:    false,
+
+			Source:             "oci-layout:/media/usb/nvidia",
+			Mirrors:            []string{"mirror.example.com:5000/nvidia-driver"},
+			InsecureRegistries: []string{"mirror.example.com:5000"},
+			Digests:            map[string]string{"3815.2.0-550.54.14": "sha256:" + strings.Repeat("ab", 32)},
+			Platform:           "linux/arm64",
+			ImageSubdir:        "opt/nvidia/{{.DriverVersion}}/{{.OSVersion}}",
+			MaxImageBytes:      1000000,
+			MaxImageEntries:    500,
 		}
 		if !reflect.DeepEqual(l.Config, want) {
 			t.Fatalf("got %+v\nwant %+v", l.Config, want)
@@ -101,6 +119,10 @@ require-gpu: false
 		}
 		if !reflect.DeepEqual(c.Modules, []string{"nvidia", "nvidia-uvm"}) {
 			t.Fatalf("modules from env: %q", c.Modules)
+		}
+		pinned, err := Load(Sources{File: "/nonexistent", Environ: []string{"NVIDIA_DRIVERD_DIGESTS=a=sha256:" + strings.Repeat("0", 64) + ", b=sha256:" + strings.Repeat("1", 64)}})
+		if err != nil || len(pinned.Config.Digests) != 2 || pinned.Config.Digests["b"] != "sha256:"+strings.Repeat("1", 64) {
+			t.Fatalf("digests from env: %v, %v", pinned.Config.Digests, err)
 		}
 		got := map[string]Origin{"driver-version": FromFlag, "keep": FromEnv, "store": FromFile, "repository": FromDefault}
 		for k, want := range got {
@@ -142,6 +164,14 @@ func TestLoadRejects(t *testing.T) {
 		{name: "a bad module name", file: "modules: [nvidia, ../evil]\n", want: []string{"modules", "../evil"}},
 		{name: "a document that is not a mapping", file: "- keep\n", want: []string{"line 1", "mapping"}},
 		{name: "broken YAML", file: "keep: [\n", want: []string{"config"}},
+		{name: "a source that is not an OCI layout path", file: "source: /media/usb\n", want: []string{"source", "oci-layout:"}},
+		{name: "a malformed mirror", file: "mirrors: [nvidia-driver]\n", want: []string{"mirrors", "nvidia-driver"}},
+		{name: "an insecure registry with a path", file: "insecure-registries: [host:5000/x]\n", want: []string{"insecure-registries", "host:5000/x"}},
+		{name: "a digest pin that is not sha256", file: "digests:\n  x: md5:abc\n", want: []string{"line 2", "digests", "pin for x"}},
+		{name: "digests as a list", file: "digests: [a, b]\n", want: []string{"digests", "single value"}},
+		{name: "a bad platform", file: "platform: amd64\n", want: []string{"platform", "linux/amd64"}},
+		{name: "an image-subdir that climbs", file: "image-subdir: ../{{.OSVersion}}\n", want: []string{"image-subdir", "clean relative"}},
+		{name: "a zero byte limit", file: "max-image-bytes: 0\n", want: []string{"max-image-bytes"}},
 		{name: "a bad environment value", env: []string{"NVIDIA_DRIVERD_KEEP=-1"}, want: []string{"NVIDIA_DRIVERD_KEEP", "keep"}},
 	}
 	for _, tc := range cases {

@@ -116,7 +116,7 @@ func Load(src Sources) (Loaded, error) {
 // apply sets a key from its one-string form (environment or flag): lists
 // are comma-separated.
 func apply(c *Config, k key, value string) error {
-	if k.kind == kindList {
+	if k.kind == kindList || k.kind == kindMap {
 		return k.set(c, splitList(value))
 	}
 	return k.set(c, []string{value})
@@ -168,16 +168,32 @@ func applyYAML(out *Loaded, file string, data []byte) error {
 func nodeValues(k key, n *yaml.Node) ([]string, error) {
 	switch n.Kind {
 	case yaml.ScalarNode:
+		if n.Tag == "!!null" && k.kind == kindMap {
+			return nil, nil
+		}
 		if n.Tag == "!!null" && k.kind != kindString {
 			return nil, errors.New("no value given")
 		}
 		if n.Tag == "!!null" {
 			return []string{""}, nil
 		}
-		if k.kind == kindList {
+		if k.kind == kindList || k.kind == kindMap {
 			return splitList(n.Value), nil
 		}
 		return []string{n.Value}, nil
+	case yaml.MappingNode:
+		if k.kind != kindMap {
+			return nil, errors.New("want a plain value, got a mapping")
+		}
+		var raw []string
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			kn, vn := n.Content[i], n.Content[i+1]
+			if kn.Kind != yaml.ScalarNode || vn.Kind != yaml.ScalarNode {
+				return nil, fmt.Errorf("line %d: want tag: sha256:...", kn.Line)
+			}
+			raw = append(raw, kn.Value+"="+vn.Value)
+		}
+		return raw, nil
 	case yaml.SequenceNode:
 		if k.kind != kindList {
 			return nil, errors.New("want a single value, got a list")

@@ -19,9 +19,9 @@ type Fit struct {
 	Problem string
 }
 
-// Judge checks a tree against the running kernel: the tree must hold every
-// configured module under lib/modules/<running release>, each readable,
-// with a vermagic that matches the kernel, and its nvidia module must carry
+// Judge checks a tree against a kernel: the tree must hold every configured
+// module under lib/modules/<release>; every module there must be readable
+// with a vermagic that matches the kernel; and its nvidia module must carry
 // the tree's driver version.
 func Judge(t store.Tree, k Kernel, modules []string) Fit {
 	var fit Fit
@@ -47,10 +47,16 @@ func Judge(t store.Tree, k Kernel, modules []string) Fit {
 		return fit
 	}
 	for _, name := range modules {
-		m, ok := here[kernelName(name)]
-		if !ok {
+		if _, ok := here[kernelName(name)]; !ok {
 			fit.Problem = fmt.Sprintf("no %s module for kernel %s", name, k.Release)
 			return fit
+		}
+	}
+	// Every module for this kernel is checked, not only the configured
+	// ones: any of them may end up loaded as a dependency.
+	for _, m := range t.Modules {
+		if m.Kernel != k.Release {
+			continue
 		}
 		if m.Err != nil {
 			fit.Problem = m.Err.Error()
@@ -64,7 +70,7 @@ func Judge(t store.Tree, k Kernel, modules []string) Fit {
 			fit.Problem = fmt.Sprintf("%s: %v", m.Path, err)
 			return fit
 		}
-		if m.Name == "nvidia" && m.Info.Version != "" && m.Info.Version != t.Driver {
+		if m.Name == "nvidia" && m.Info.Version != "" && t.Driver != "" && m.Info.Version != t.Driver {
 			fit.Problem = fmt.Sprintf("%s has version %s, but the tree is stored as driver %s", m.Path, m.Info.Version, t.Driver)
 			return fit
 		}

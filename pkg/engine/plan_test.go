@@ -239,3 +239,15 @@ func equal(a, b []string) bool {
 	}
 	return true
 }
+
+func TestJudgeChecksEveryModule(t *testing.T) {
+	t.Run("an extra module built for another kernel spoils the tree", func(t *testing.T) {
+		k := Kernel{Release: newKernel, Flags: strings.Fields(flags)}
+		tr := tree("550.54.14", "3815.2.0", newKernel, newKernel+" "+flags)
+		tr.Modules = append(tr.Modules, store.Module{Name: "nvidia_peermem", Kernel: newKernel, Path: "/x/nvidia-peermem.ko",
+			Info: &modinfo.Info{Name: "nvidia_peermem", Vermagic: oldKernel + " " + flags}})
+		if fit := Judge(tr, k, config.Default().Modules); fit.Matches || !strings.Contains(fit.Problem, "nvidia-peermem.ko") {
+			t.Fatalf("%+v", fit)
+		}
+	})
+}

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"path"
 	"strings"
 	"text/template"
 
@@ -136,4 +137,41 @@ func ValidateRepository(s string) error {
 		return fmt.Errorf("repository %q: %w", s, err)
 	}
 	return nil
+}
+
+// ParseSubdir parses the image-subdir template: the directory inside an
+// image that holds the driver tree, for images built by the original
+// CoreOS installer (opt/nvidia/{{.DriverVersion}}/{{.OSVersion}}). It
+// returns an error for a template that does not parse or render.
+func ParseSubdir(text string) (*Subdir, error) {
+	tmpl, err := template.New("subdir").Option("missingkey=error").Parse(text)
+	if err != nil {
+		return nil, fmt.Errorf("parse image-subdir %q: %w", text, err)
+	}
+	s := &Subdir{text: text, tmpl: tmpl}
+	if _, err := s.Render(sampleVars); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Subdir is a parsed image-subdir template.
+type Subdir struct {
+	text string
+	tmpl *template.Template
+}
+
+// Render returns the sub-directory for v: a clean relative path. It
+// returns an error when the template fails or the result is absolute,
+// empty or climbs with "..".
+func (s *Subdir) Render(v Vars) (string, error) {
+	var buf bytes.Buffer
+	if err := s.tmpl.Execute(&buf, v); err != nil {
+		return "", fmt.Errorf("render image-subdir %q: %w", s.text, err)
+	}
+	p := strings.Trim(buf.String(), "/")
+	if p == "" || path.Clean(p) != p || p == ".." || strings.HasPrefix(p, "../") || strings.Contains(p, "/../") {
+		return "", fmt.Errorf("render image-subdir %q: %q is not a clean relative directory", s.text, buf.String())
+	}
+	return p, nil
 }

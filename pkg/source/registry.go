@@ -1,0 +1,199 @@
+package source
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Options say how images are fetched.
+type Options struct {
+	// Insecure lists registries (host or host:port) that may be reached over
+	// plain HTTP or with an unverified TLS certificate. Every other
+	// registry gets verified TLS.
+	Insecure []string
+	// Mirrors are repositories tried, in order, before the configured one;
+	// the first that has the tag wins.
+	Mirrors []string
+	// Platform is the platform to pick from an index and to insist on; the
+	// zero value means this machine's.
+	Platform v1.Platform
+	// Digests pin tags: a tag that resolves to another digest is refused.
+	Digests map[string]string
+	// Keychain finds credentials; nil means the Docker config
+	// ($DOCKER_CONFIG/config.json, credential helpers).
+	Keychain authn.Keychain
+	// Retry is the retry policy; the zero value means DefaultRetry.
+	Retry Retry
+	// Timeout bounds connecting and waiting for response headers of one
+	// request (a download itself may take longer); 0 means 30 s.
+	Timeout time.Duration
+	// RootCAs, when set, replace the system roots (tests use a private CA).
+	TLSConfig *tls.Config
+}
+
+func (o Options) withDefaults() Options {
+	if o.Platform.OS == "" {
+		o.Platform = DefaultPlatform()
+	}
+	if o.Keychain == nil {
+		o.Keychain = authn.DefaultKeychain
+	}
+	if o.Retry.Attempts == 0 {
+		o.Retry = DefaultRetry
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 30 * time.Second
+	}
+	return o
+}
+
+// Registry fetches images from a repository in an OCI registry, trying
+// mirrors first.
+type Registry struct {
+	repos []name.Repository // mirrors first, the repository last
+	opts  Options
+	rt    http.RoundTripper // retries, over verified or unverified TLS per host
+}
+
+// NewRegistry returns a Registry for repository. It returns an error for a
+// malformed repository, mirror or pin.
+func NewRegistry(repository string, opts Options) (*Registry, error) {
+	opts = opts.withDefaults()
+	r := &Registry{opts: opts}
+	for _, s := range append(slices.Clone(opts.Mirrors), repository) {
+		nameOpts := []name.Option{name.StrictValidation}
+		if hostListed(opts.Insecure, s) {
+			nameOpts = append(nameOpts, name.Insecure)
+		}
+		repo, err := name.NewRepository(s, nameOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("repository %q: %w", s, err)
+		}
+		r.repos = append(r.repos, repo)
+	}
+	for tag, d := range opts.Digests {
+		if _, err := v1.NewHash(d); err != nil {
+			return nil, fmt.Errorf("digest pin for %q: %w", tag, err)
+		}
+	}
+	r.rt = newRetryTransport(newHostTransport(opts), opts.Retry)
+	return r, nil
+}
+
+// hostListed reports whether the registry of repository s is in hosts.
+func hostListed(hosts []string, s string) bool {
+	host, _, _ := strings.Cut(s, "/")
+	return slices.Contains(hosts, host)
+}
+
+// hostTransport picks verified or unverified TLS by the request's host.
+type hostTransport struct {
+	secure, insecure http.RoundTripper
+	insecureHosts    []string
+}
+
+func newHostTransport(o Options) http.RoundTripper {
+	mk := func(cfg *tls.Config) *http.Transport {
+		return &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: o.Timeout, KeepAlive: 30 * time.Second}).DialContext,
+			TLSHandshakeTimeout:   o.Timeout,
+			ResponseHeaderTimeout: o.Timeout,
+			ExpectContinueTimeout: time.Second,
+			MaxIdleConnsPerHost:   8,
+			IdleConnTimeout:       90 * time.Second,
+			ForceAttemptHTTP2:     true,
+			TLSClientConfig:       cfg,
+		}
+	}
+	secure := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.TLSConfig != nil {
+		secure = o.TLSConfig.Clone()
+	}
+	insecure := secure.Clone()
+	insecure.InsecureSkipVerify = true // only for hosts listed in insecure-registries
+	return &hostTransport{secure: mk(secure), insecure: mk(insecure), insecureHosts: o.Insecure}
+}
+
+func (t *hostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if slices.Contains(t.insecureHosts, req.URL.Host) {
+		return t.insecure.RoundTrip(req)
+	}
+	return t.secure.RoundTrip(req)
+}
+
+// Image resolves tag in each mirror, then the repository, and returns the
+// first image found. Errors from every place tried are reported together.
+func (r *Registry) Image(ctx context.Context, tag string) (*Image, error) {
+	var errs []error
+	for _, repo := range r.repos {
+		img, err := r.image(ctx, repo, tag)
+		if err == nil {
+			return img, nil
+		}
+		if errors.Is(err, ErrRefused) || ctx.Err() != nil {
+			return nil, err // a pin or platform mismatch is not a mirror problem
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+func (r *Registry) image(ctx context.Context, repo name.Repository, tag string) (*Image, error) {
+	ref := repo.Tag(tag)
+	opts := []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithTransport(r.rt),
+		remote.WithAuthFromKeychain(r.opts.Keychain),
+		remote.WithPlatform(r.opts.Platform),
+		remote.WithUserAgent("nvidia-driverd"),
+		// Retries happen in r.rt, which honours Retry-After and resumes
+		// broken downloads; one attempt here avoids multiplying them.
+		remote.WithRetryBackoff(remote.Backoff{Steps: 1}),
+	}
+	desc, err := remote.Get(ref, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", ref, err)
+	}
+	if pin, ok := r.opts.Digests[tag]; ok && desc.Digest.String() != pin {
+		return nil, refusal(fmt.Sprintf("fetch %s: it resolves to %s, but digests pins %s", ref, desc.Digest, pin))
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", ref, err)
+	}
+	return describe(ref.String(), "registry "+repo.RegistryStr(), desc.Digest, img, r.opts.Platform, false)
+}
+
+// Push uploads img to the repository (never to a mirror) under tag and
+// returns the manifest digest. Blobs the registry already has are not
+// uploaded again.
+func (r *Registry) Push(ctx context.Context, tag string, img v1.Image) (v1.Hash, error) {
+	ref := r.repos[len(r.repos)-1].Tag(tag)
+	if err := remote.Write(ref, img,
+		remote.WithContext(ctx),
+		remote.WithTransport(r.rt),
+		remote.WithAuthFromKeychain(r.opts.Keychain),
+		remote.WithUserAgent("nvidia-driverd"),
+		remote.WithJobs(4),
+	); err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
+	}
+	return d, nil
+}

@@ -1,0 +1,229 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Retry says how requests to a registry are retried.
+type Retry struct {
+	// Attempts is the most tries of one request, the first included.
+	Attempts int
+	// Base is the first backoff; each later one doubles, with jitter.
+	Base time.Duration
+	// Max caps a backoff, and a server's Retry-After.
+	Max time.Duration
+}
+
+// DefaultRetry retries a request five times over about half a minute.
+var DefaultRetry = Retry{Attempts: 5, Base: 500 * time.Millisecond, Max: 15 * time.Second}
+
+// retryTransport retries idempotent requests that failed in a way worth
+// retrying: a connection error, 429 Too Many Requests, or a 5xx. It honours
+// Retry-After on 429 and 503. It sits below go-containerregistry's own
+// transports (auth, user agent), so a retried request carries the same
+// credentials.
+//
+// A GET whose body breaks mid-way (a connection reset during a blob) is
+// resumed with a Range request from the byte it stopped at; the caller
+// sees one unbroken body. Digests are verified above this layer, so a
+// resumed stream that differs from the original still fails closed.
+type retryTransport struct {
+	base  http.RoundTripper
+	retry Retry
+	sleep func(ctx context.Context, d time.Duration) error
+}
+
+func newRetryTransport(base http.RoundTripper, r Retry) *retryTransport {
+	if r.Attempts < 1 {
+		r.Attempts = 1
+	}
+	return &retryTransport{base: base, retry: r, sleep: sleepContext}
+}
+
+func sleepContext(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// RoundTrip sends req, retrying as described at retryTransport.
+func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+		return t.base.RoundTrip(req) // uploads are not replayable here
+	}
+	resp, err := t.roundTrip(req)
+	if err != nil || req.Method != http.MethodGet || resp.StatusCode != http.StatusOK || resp.ContentLength <= 0 {
+		return resp, err
+	}
+	resp.Body = &resumingBody{t: t, req: req, body: resp.Body, size: resp.ContentLength, etag: resp.Header.Get("ETag")}
+	return resp, nil
+}
+
+func (t *retryTransport) roundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	for attempt := 1; ; attempt++ {
+		resp, err := t.base.RoundTrip(req)
+		wait, retry := t.shouldRetry(resp, err, attempt)
+		if !retry {
+			return resp, err
+		}
+		if resp != nil {
+			// Drain a little so the connection can be reused, then close.
+			_, _ = io.CopyN(io.Discard, resp.Body, 4096)
+			resp.Body.Close()
+		}
+		if err := t.sleep(ctx, wait); err != nil {
+			return nil, fmt.Errorf("%s %s: %w (after %d attempts)", req.Method, req.URL.Redacted(), err, attempt)
+		}
+	}
+}
+
+// shouldRetry decides whether attempt number attempt is followed by
+// another, and after how long.
+func (t *retryTransport) shouldRetry(resp *http.Response, err error, attempt int) (time.Duration, bool) {
+	if attempt >= t.retry.Attempts {
+		return 0, false
+	}
+	if err != nil {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return 0, false
+		}
+		return t.backoff(attempt), temporary(err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests, resp.StatusCode == http.StatusServiceUnavailable:
+		if d, ok := retryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+			return min(d, t.retry.Max), true
+		}
+		return t.backoff(attempt), true
+	case resp.StatusCode >= 500 && resp.StatusCode != http.StatusNotImplemented:
+		return t.backoff(attempt), true
+	}
+	return 0, false
+}
+
+// backoff is Base·2^(attempt-1), capped at Max, with ±25 % jitter so that a
+// fleet rebooting together does not retry in lock-step.
+func (t *retryTransport) backoff(attempt int) time.Duration {
+	d := t.retry.Base << (attempt - 1)
+	if d <= 0 || d > t.retry.Max {
+		d = t.retry.Max
+	}
+	jitter := time.Duration(rand.Int64N(int64(d)/2+1)) - d/4
+	return d + jitter
+}
+
+// retryAfter parses a Retry-After header: delay-seconds or an HTTP date.
+func retryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && s >= 0 {
+		return time.Duration(s) * time.Second, true
+	}
+	if at, err := http.ParseTime(v); err == nil {
+		return max(at.Sub(now), 0), true
+	}
+	return 0, false
+}
+
+// temporary reports whether a transport error may go away on a retry:
+// network errors do; TLS certificate and protocol errors do not.
+func temporary(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return true
+	}
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+}
+
+// resumingBody is a response body that continues a broken download with a
+// Range request instead of starting over.
+type resumingBody struct {
+	t       *retryTransport
+	req     *http.Request
+	body    io.ReadCloser
+	size    int64
+	etag    string
+	read    int64
+	resumes int
+}
+
+func (b *resumingBody) Read(p []byte) (int, error) {
+	for {
+		n, err := b.body.Read(p)
+		b.read += int64(n)
+		if err == nil || (err == io.EOF && b.read == b.size) {
+			return n, err
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		if n > 0 {
+			return n, nil // hand over what arrived; the next Read resumes
+		}
+		if b.resumes+1 >= b.t.retry.Attempts || b.req.Context().Err() != nil {
+			return 0, fmt.Errorf("download %s: %w at byte %d of %d", b.req.URL.Redacted(), err, b.read, b.size)
+		}
+		b.resumes++
+		if rerr := b.resume(); rerr != nil {
+			return 0, fmt.Errorf("download %s: %w at byte %d of %d; resume: %v", b.req.URL.Redacted(), err, b.read, b.size, rerr)
+		}
+	}
+}
+
+// resume asks for the rest of the body from byte b.read.
+func (b *resumingBody) resume() error {
+	b.body.Close()
+	if err := b.t.sleep(b.req.Context(), b.t.backoff(b.resumes)); err != nil {
+		return err
+	}
+	req := b.req.Clone(b.req.Context())
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-", b.read))
+	if b.etag != "" {
+		req.Header.Set("If-Range", b.etag)
+	}
+	resp, err := b.t.roundTrip(req)
+	if err != nil {
+		return err
+	}
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		var start int64
+		if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-", &start); err != nil || start != b.read {
+			resp.Body.Close()
+			return fmt.Errorf("server resumed at %q, want byte %d", resp.Header.Get("Content-Range"), b.read)
+		}
+	case http.StatusOK:
+		// No range support: start over and skip what we have.
+		if _, err := io.CopyN(io.Discard, resp.Body, b.read); err != nil {
+			resp.Body.Close()
+			return fmt.Errorf("skip to byte %d: %w", b.read, err)
+		}
+	default:
+		resp.Body.Close()
+		return fmt.Errorf("resume: %s", resp.Status)
+	}
+	b.body = resp.Body
+	return nil
+}
+
+func (b *resumingBody) Close() error { return b.body.Close() }
