@@ -1,9 +1,6 @@
-// Package store owns the driver store on the host: one directory tree per
-// driver version and OS version, <store>/<driver>/<os-version>, a `current`
-// link naming the active tree and a `previous` link naming the one before.
-//
 // This file reads the store: what is installed, what `current` and
 // `previous` point at, and what a crash left behind. It never writes.
+
 package store
 
 import (
@@ -77,6 +74,29 @@ func (inv Inventory) Tree(p string) *Tree {
 		}
 	}
 	return nil
+}
+
+// ModuleVersion returns the version= field of the tree's module name
+// (its kernel name; dashes are taken as underscores) for kernel, that is
+// under lib/modules/<kernel>/. It returns "" when the tree has no such
+// module, when the module could not be read, or when it has no version.
+func (t Tree) ModuleVersion(name, kernel string) string {
+	name = strings.ReplaceAll(name, "-", "_")
+	for _, m := range t.Modules {
+		if m.Name == name && m.Kernel == kernel && m.Info != nil {
+			return m.Info.Version
+		}
+	}
+	return ""
+}
+
+// ReadTree reads the tree at host path path on the host mounted at root
+// as Scan reads an installed tree, wherever it lies (a tree about to be
+// published, a staged one); driver and osVersion are recorded as given.
+// Unreadable modules and metadata are recorded in the Tree, and a missing
+// directory reads as a tree without modules.
+func ReadTree(root, path, driver, osVersion string) Tree {
+	return readTree(root, path, driver, osVersion)
 }
 
 // Scan reads the store at host path dir on the host mounted at root. A

@@ -126,6 +126,25 @@ func TestScan(t *testing.T) {
 	})
 }
 
+func TestReadTree(t *testing.T) {
+	t.Run("a tree outside any store is read with its module versions", func(t *testing.T) {
+		root := t.TempDir()
+		layTree(t, root, "/src/550.54.14/x", "6.1.77-flatcar")
+		tr := ReadTree(root, "/src/550.54.14/x", "550.54.14", "3815.2.0")
+		if tr.Path != "/src/550.54.14/x" || tr.OSVersion != "3815.2.0" || len(tr.Modules) != 2 {
+			t.Fatalf("%+v", tr)
+		}
+		for name, want := range map[string]string{"nvidia": "550.54.14", "nvidia-uvm": "550.54.14", "nvidia_drm": ""} {
+			if got := tr.ModuleVersion(name, "6.1.77-flatcar"); got != want {
+				t.Errorf("ModuleVersion(%q) = %q, want %q", name, got, want)
+			}
+		}
+		if got := tr.ModuleVersion("nvidia", "6.1.73-flatcar"); got != "" {
+			t.Errorf("ModuleVersion for another kernel = %q", got)
+		}
+	})
+}
+
 func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
