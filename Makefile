@@ -7,6 +7,7 @@ LDFLAGS     := -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 CACHE       ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nvidia-driverd
 REAL_MODULES := $(CACHE)/real-module
+DISTRIBUTION := $(CACHE)/distribution
 FUZZTIME    ?= 15s
 FUZZ_TARGETS := ./pkg/modinfo:FuzzParse ./pkg/modinfo:FuzzParseFields ./pkg/modinfo:FuzzParseVermagic ./pkg/hostinfo:FuzzParseOSRelease
 
@@ -25,12 +26,14 @@ deps: ## Install the Debian packages the tests use (run as root)
 	bash test/deps.sh
 
 .PHONY: fixtures
-fixtures: ## Download and unpack a real Debian kernel module for the tests (cached)
+fixtures: ## Fetch a real Debian kernel module and Debian's registry server for the tests (cached)
 	bash test/fixtures/real-module.sh $(REAL_MODULES) >/dev/null
+	bash test/registry/distribution.sh $(DISTRIBUTION) >/dev/null
 
 .PHONY: test
 test: deps fixtures ## Run every test with the race detector (the README's test command)
-	NVIDIA_DRIVERD_REAL_MODULES=$(REAL_MODULES) NVIDIA_DRIVERD_REQUIRE_FIXTURES=1 \
+	NVIDIA_DRIVERD_REAL_MODULES=$(REAL_MODULES) NVIDIA_DRIVERD_DISTRIBUTION=$(DISTRIBUTION)/docker-registry \
+		NVIDIA_DRIVERD_REQUIRE_FIXTURES=1 \
 		$(GO) test -race -count=1 ./...
 
 .PHONY: lint

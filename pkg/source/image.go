@@ -1,6 +1,7 @@
 package source
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -96,16 +97,27 @@ func checkPlatform(ref string, cfg *v1.ConfigFile, want v1.Platform) error {
 // sources whose blobs go-containerregistry does not verify itself (its
 // remote layers are verified already).
 func describe(ref, source string, digest v1.Hash, img v1.Image, platform v1.Platform, verify bool) (*Image, error) {
-	cfg, err := img.ConfigFile()
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, fmt.Errorf("read manifest of %s: %w", ref, err)
+	}
+	raw, err := img.RawConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("read config of %s: %w", ref, err)
+	}
+	if verify {
+		// The config decides the platform and the labels: an edited one
+		// must not pass for the manifest's.
+		if got, _, err := v1.SHA256(bytes.NewReader(raw)); err != nil || got != m.Config.Digest {
+			return nil, fmt.Errorf("read config of %s: config %s has digest %s", ref, m.Config.Digest, got)
+		}
+	}
+	cfg, err := v1.ParseConfigFile(bytes.NewReader(raw))
 	if err != nil {
 		return nil, fmt.Errorf("read config of %s: %w", ref, err)
 	}
 	if err := checkPlatform(ref, cfg, platform); err != nil {
 		return nil, err
-	}
-	m, err := img.Manifest()
-	if err != nil {
-		return nil, fmt.Errorf("read manifest of %s: %w", ref, err)
 	}
 	out := &Image{Ref: ref + "@" + digest.String(), Source: source, Digest: digest, Labels: map[string]string{}}
 	maps.Copy(out.Labels, cfg.Config.Labels)

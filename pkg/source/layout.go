@@ -83,6 +83,13 @@ func (l *Layout) pick(idx v1.ImageIndex, d v1.Descriptor) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The index names the images: an edited one would lead a pinned tag
+	// to another image whose own manifest is intact.
+	if got, err := child.Digest(); err != nil {
+		return nil, err
+	} else if got != d.Digest {
+		return nil, fmt.Errorf("index %s has digest %s", d.Digest, got)
+	}
 	cm, err := child.IndexManifest()
 	if err != nil {
 		return nil, err

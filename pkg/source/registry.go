@@ -131,6 +131,12 @@ func (t *hostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if slices.Contains(t.insecureHosts, req.URL.Host) {
 		return t.insecure.RoundTrip(req)
 	}
+	// go-containerregistry falls back to plain HTTP on its own for
+	// localhost, loopback, *.local and RFC 1918 addresses when HTTPS
+	// fails; a registry not listed as insecure gets verified TLS only.
+	if req.URL.Scheme != "https" {
+		return nil, fmt.Errorf("%s %s: plain HTTP to %s refused: it is not listed in insecure-registries", req.Method, req.URL.Redacted(), req.URL.Host)
+	}
 	return t.secure.RoundTrip(req)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -132,7 +133,12 @@ func retryAfter(v string, now time.Time) (time.Duration, bool) {
 	if v == "" {
 		return 0, false
 	}
-	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && s >= 0 {
+	if s, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && s >= 0 {
+		// Saturate: a huge value must not wrap into a negative wait,
+		// which would retry at once instead of at Max.
+		if s > math.MaxInt64/int64(time.Second) {
+			return time.Duration(math.MaxInt64), true
+		}
 		return time.Duration(s) * time.Second, true
 	}
 	if at, err := http.ParseTime(v); err == nil {
@@ -197,7 +203,10 @@ func (b *resumingBody) resume() error {
 		return err
 	}
 	req := b.req.Clone(b.req.Context())
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-", b.read))
+	// A closed range: it means the same as "bytes=N-", but some servers
+	// (go-containerregistry's own registry, `crane registry serve`) answer
+	// only the closed form and refuse the open one with 416.
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", b.read, b.size-1))
 	if b.etag != "" {
 		req.Header.Set("If-Range", b.etag)
 	}
@@ -220,7 +229,7 @@ func (b *resumingBody) resume() error {
 		}
 	default:
 		resp.Body.Close()
-		return fmt.Errorf("resume: %s", resp.Status)
+		return errors.New(resp.Status)
 	}
 	b.body = resp.Body
 	return nil
