@@ -58,6 +58,11 @@ the file.`,
 	cmd.AddCommand(
 		newStatusCommand(g),
 		newPlanCommand(g),
+		newFetchCommand(g),
+		newInstallCommand(g),
+		newGCCommand(g),
+		newRollbackCommand(g),
+		newPublishCommand(g),
 		newConfigCommand(g),
 		newVersionCommand(g),
 	)

@@ -27,6 +27,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/unpack"
 )
 
 // Labels and annotations of a driver image.
@@ -220,8 +222,10 @@ func scan(dir string, mtime time.Time) ([]entry, error) {
 			if err != nil {
 				return err
 			}
-			if err := checkLink(name, target); err != nil {
-				return err
+			// The installer's own rule, so that nothing is published that
+			// an install would refuse.
+			if err := unpack.CheckSymlink(name, target); err != nil {
+				return fmt.Errorf("%s -> %s: %w", name, target, err)
 			}
 			e.kind, e.target = kindSymlink, target
 		default:
@@ -234,20 +238,6 @@ func scan(dir string, mtime time.Time) ([]entry, error) {
 		return nil, fmt.Errorf("read driver tree: %w", err)
 	}
 	return out, nil
-}
-
-// checkLink refuses symlinks the installer would refuse: absolute ones
-// (the tree is relocatable and must never point into the host) and ones
-// that climb out of the tree.
-func checkLink(name, target string) error {
-	if path.IsAbs(target) {
-		return fmt.Errorf("%s -> %s: absolute symlink; use a relative one", name, target)
-	}
-	resolved := path.Join(path.Dir(name), target)
-	if resolved == ".." || strings.HasPrefix(resolved, "../") {
-		return fmt.Errorf("%s -> %s: symlink leaves the tree", name, target)
-	}
-	return nil
 }
 
 // group is the content of one layer.
