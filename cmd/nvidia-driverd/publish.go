@@ -23,7 +23,7 @@ import (
 
 type publishFlags struct {
 	from, osID, osVersion, kernel, driver, layoutDir, compression, mtime string
-	libraryLayers                                                      int
+	libraryLayers                                                        int
 }
 
 func newPublishCommand(g *globals) *cobra.Command {
