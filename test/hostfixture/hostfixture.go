@@ -254,3 +254,40 @@ func Describe(name string) string {
 	}
 	return name
 }
+
+// DriverTree lays out a small driver tree at dst as a driver build would
+// leave it: the four modules for kernel (with vermagic), libraries with
+// SONAME links, a binary and firmware.
+func DriverTree(dst, driver, kernel, vermagic string) error {
+	dir := filepath.Join(dst, "lib/modules", kernel, "video")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for _, m := range driverModules {
+		fields := kofixture.Standard(m.name, driver, vermagic+" ", m.depends...)
+		if _, err := kofixture.Write(dir, kofixture.Module{Name: m.file, Fields: fields}); err != nil {
+			return err
+		}
+	}
+	files := map[string]string{
+		"lib64/libcuda.so." + driver:             "stub libcuda",
+		"lib64/libnvidia-ml.so." + driver:        "stub libnvidia-ml",
+		"bin/nvidia-smi":                         "#!/bin/sh\ncat /sys/module/nvidia/version\n",
+		"firmware/nvidia/" + driver + "/gsp.bin": "stub firmware",
+	}
+	for name, body := range files {
+		p := filepath.Join(dst, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, []byte(body), 0o755); err != nil {
+			return err
+		}
+	}
+	for _, lib := range []string{"libcuda.so", "libnvidia-ml.so"} {
+		if err := os.Symlink(lib+"."+driver, filepath.Join(dst, "lib64", lib+".1")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
