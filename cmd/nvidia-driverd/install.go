@@ -81,6 +81,19 @@ func (g *globals) lockedStore(ctx context.Context, wait bool) (*store.Store, fun
 	}, nil
 }
 
+// locked runs fn with the store locked and a context cancelled by SIGINT
+// or SIGTERM.
+func (g *globals) locked(wait bool, fn func(ctx context.Context, s *store.Store) error) error {
+	ctx, cancel := signalContext()
+	defer cancel()
+	s, unlock, err := g.lockedStore(ctx, wait)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return fn(ctx, s)
+}
+
 // fetcher builds a Fetcher over the configured source and s.
 func (g *globals) fetcher(s *store.Store, prog *progress) (*engine.Fetcher, error) {
 	src, err := g.imageSource()
@@ -167,31 +180,26 @@ With --os-version and no --kernel-release, the kernel the modules must match
 is the one the image's org.nvidia-driverd.kernel-release label names.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := signalContext()
-			defer cancel()
-			s, unlock, err := g.lockedStore(ctx, wait)
-			if err != nil {
-				return err
-			}
-			defer unlock()
-			facts, err := engine.Gather(g.root, g.cfg.Config)
-			if err != nil {
-				return err
-			}
 			driver := g.cfg.Config.DriverVersion
 			if driver == "" {
 				return usageError{errors.New("driver-version is not set")}
 			}
-			t, err := g.target(facts, driver, osVersion, kernel)
-			if err != nil {
-				return err
-			}
-			got, err := g.fetch(ctx, s, t)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stdout, "fetched %s into %s\n", got.Image, got.Tree)
-			return nil
+			return g.locked(wait, func(ctx context.Context, s *store.Store) error {
+				facts, err := engine.Gather(g.root, g.cfg.Config)
+				if err != nil {
+					return err
+				}
+				t, err := g.target(facts, driver, osVersion, kernel)
+				if err != nil {
+					return err
+				}
+				got, err := g.fetch(ctx, s, t)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.stdout, "fetched %s into %s\n", got.Image, got.Tree)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVar(&osVersion, "os-version", "", "fetch for this OS version instead of the running one")
@@ -236,14 +244,7 @@ This release does not load modules yet; --no-activate states that intent
 explicitly and is what scripts should pass until activation lands.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := signalContext()
-			defer cancel()
-			s, unlock, err := g.lockedStore(ctx, wait)
-			if err != nil {
-				return err
-			}
-			defer unlock()
-			return g.install(ctx, s)
+			return g.locked(wait, g.install)
 		},
 	}
 	cmd.Flags().BoolVar(&noActivate, "no-activate", false, "only fetch and switch current; do not load modules")
@@ -295,18 +296,13 @@ func newGCCommand(g *globals) *cobra.Command {
 		Short: "Remove old driver trees, keeping the newest 'keep' and never current or previous",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := signalContext()
-			defer cancel()
-			s, unlock, err := g.lockedStore(ctx, wait)
-			if err != nil {
+			return g.locked(wait, func(_ context.Context, s *store.Store) error {
+				removed, err := s.GC(g.cfg.Config.Keep)
+				for _, p := range removed {
+					fmt.Fprintf(g.stdout, "removed %s\n", p)
+				}
 				return err
-			}
-			defer unlock()
-			removed, err := s.GC(g.cfg.Config.Keep)
-			for _, p := range removed {
-				fmt.Fprintf(g.stdout, "removed %s\n", p)
-			}
-			return err
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait for another nvidia-driverd holding the store")
@@ -320,20 +316,15 @@ func newRollbackCommand(g *globals) *cobra.Command {
 		Short: "Switch current back to the previous driver tree",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := signalContext()
-			defer cancel()
-			s, unlock, err := g.lockedStore(ctx, wait)
-			if err != nil {
-				return err
-			}
-			defer unlock()
-			from, to, err := s.Rollback()
-			if err != nil {
-				return err
-			}
-			g.log.Info("current rolled back", zap.String("from", from), zap.String("to", to))
-			fmt.Fprintf(g.stdout, "current -> %s (was %s)\n", to, from)
-			return nil
+			return g.locked(wait, func(_ context.Context, s *store.Store) error {
+				from, to, err := s.Rollback()
+				if err != nil {
+					return err
+				}
+				g.log.Info("current rolled back", zap.String("from", from), zap.String("to", to))
+				fmt.Fprintf(g.stdout, "current -> %s (was %s)\n", to, from)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait for another nvidia-driverd holding the store")
