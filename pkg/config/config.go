@@ -43,6 +43,11 @@ type Config struct {
 	ImageSubdir        string            // template: the tree's directory inside the image
 	MaxImageBytes      int64             // unpack limit on file bytes
 	MaxImageEntries    int               // unpack limit on entries
+
+	ModuleParams  map[string]string // module -> "k=v k2=v2"
+	LibraryMode   string            // auto, overlay or ldconfig
+	FailurePolicy string            // fail or keep-previous
+	Persistenced  string            // unit started once the driver is loaded; "" for none
 }
 
 // Default returns the configuration used where nothing is set.
@@ -58,6 +63,11 @@ func Default() Config {
 
 		MaxImageBytes:   8 << 30,
 		MaxImageEntries: 200000,
+
+		ModuleParams:  map[string]string{},
+		LibraryMode:   "auto",
+		FailurePolicy: "fail",
+		Persistenced:  "nvidia-persistenced.service",
 	}
 }
 
@@ -92,6 +102,8 @@ var (
 	digestRE        = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 	platformRE      = regexp.MustCompile(`^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$`)
 	hostRE          = regexp.MustCompile(`^[A-Za-z0-9.-]+(:[0-9]{1,5})?$`)
+	paramRE         = regexp.MustCompile(`^[A-Za-z0-9_]+=[^\s=]*$`)
+	unitRE          = regexp.MustCompile(`^[A-Za-z0-9:_.@-]+\.service$`)
 	moduleNameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,55}$`)
 )
 
@@ -316,6 +328,66 @@ var keys = []key{
 			return nil
 		},
 		get: func(c Config) any { return c.MaxImageEntries },
+	},
+	{
+		name: "module-params", kind: kindMap,
+		usage: "module parameters, module=\"k=v k2=v2\" (a YAML mapping in the file); merged over the tree's etc/modprobe.d",
+		set: func(c *Config, raw []string) error {
+			params := map[string]string{}
+			for _, kv := range raw {
+				mod, value, ok := strings.Cut(kv, "=")
+				if !ok || !moduleNameRE.MatchString(mod) {
+					return fmt.Errorf("want module=\"k=v ...\", got %q", kv)
+				}
+				for _, p := range strings.Fields(value) {
+					if !paramRE.MatchString(p) {
+						return fmt.Errorf("parameter %q of %s: want key=value", p, mod)
+					}
+				}
+				params[canonicalModule(mod)] = strings.Join(strings.Fields(value), " ")
+			}
+			c.ModuleParams = params
+			return nil
+		},
+		get: func(c Config) any { return c.ModuleParams },
+	},
+	{
+		name: "library-mode", kind: kindString,
+		usage: "how libraries reach the system: overlay (read-only overlay on /usr/lib64 and /opt/bin), ldconfig (an ld.so.conf.d drop-in), or auto (overlay on Flatcar and CoreOS, ldconfig elsewhere)",
+		set: func(c *Config, raw []string) error {
+			switch raw[0] {
+			case "auto", "overlay", "ldconfig":
+				c.LibraryMode = raw[0]
+				return nil
+			}
+			return fmt.Errorf("want auto, overlay or ldconfig, got %q", raw[0])
+		},
+		get: func(c Config) any { return c.LibraryMode },
+	},
+	{
+		name: "failure-policy", kind: kindString,
+		usage: "when the driver cannot be activated: fail (exit, so Requires= dependants do not start) or keep-previous (use the previous tree if it matches, else report degraded and stay up)",
+		set: func(c *Config, raw []string) error {
+			switch raw[0] {
+			case "fail", "keep-previous":
+				c.FailurePolicy = raw[0]
+				return nil
+			}
+			return fmt.Errorf("want fail or keep-previous, got %q", raw[0])
+		},
+		get: func(c Config) any { return c.FailurePolicy },
+	},
+	{
+		name: "persistenced", kind: kindString,
+		usage: "systemd unit started over D-Bus once the driver is loaded; empty for none",
+		set: func(c *Config, raw []string) error {
+			if raw[0] != "" && !unitRE.MatchString(raw[0]) {
+				return fmt.Errorf("want a unit name such as nvidia-persistenced.service, got %q", raw[0])
+			}
+			c.Persistenced = raw[0]
+			return nil
+		},
+		get: func(c Config) any { return c.Persistenced },
 	},
 }
 

@@ -72,6 +72,12 @@ platform: linux/arm64
 image-subdir: /opt/nvidia/{{.DriverVersion}}/{{.OSVersion}}/
 max-image-bytes: 1000000
 max-image-entries: 500
+module-params:
+  nvidia: NVreg_EnableMSI=1  NVreg_PreserveVideoMemoryAllocations=1
+  nvidia-drm: modeset=1
+library-mode: ldconfig
+failure-policy: keep-previous
+persistenced: ""
 `)
 		l, err := Load(Sources{File: p, FileRequired: true})
 		if err != nil {
@@ -94,6 +100,11 @@ max-image-entries: 500
 			ImageSubdir:        "opt/nvidia/{{.DriverVersion}}/{{.OSVersion}}",
 			MaxImageBytes:      1000000,
 			MaxImageEntries:    500,
+
+			ModuleParams:  map[string]string{"nvidia": "NVreg_EnableMSI=1 NVreg_PreserveVideoMemoryAllocations=1", "nvidia_drm": "modeset=1"},
+			LibraryMode:   "ldconfig",
+			FailurePolicy: "keep-previous",
+			Persistenced:  "",
 		}
 		if !reflect.DeepEqual(l.Config, want) {
 			t.Fatalf("got %+v\nwant %+v", l.Config, want)
@@ -172,6 +183,10 @@ func TestLoadRejects(t *testing.T) {
 		{name: "a bad platform", file: "platform: amd64\n", want: []string{"platform", "linux/amd64"}},
 		{name: "an image-subdir that climbs", file: "image-subdir: ../{{.OSVersion}}\n", want: []string{"image-subdir", "clean relative"}},
 		{name: "a zero byte limit", file: "max-image-bytes: 0\n", want: []string{"max-image-bytes"}},
+		{name: "a module parameter without a value", file: "module-params:\n  nvidia: NVreg_EnableMSI\n", want: []string{"line 2", "module-params", "NVreg_EnableMSI"}},
+		{name: "an unknown library mode", file: "library-mode: copy\n", want: []string{"library-mode", "copy"}},
+		{name: "an unknown failure policy", file: "failure-policy: retry\n", want: []string{"failure-policy", "retry"}},
+		{name: "a persistenced that is not a service", file: "persistenced: nvidia.timer\n", want: []string{"persistenced"}},
 		{name: "a bad environment value", env: []string{"NVIDIA_DRIVERD_KEEP=-1"}, want: []string{"NVIDIA_DRIVERD_KEEP", "keep"}},
 	}
 	for _, tc := range cases {
