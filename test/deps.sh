@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests need: gcc and objcopy build
 # .ko-shaped ELF fixtures, xz and zstd compress them like distributions do,
-# apt/dpkg fetch a real distribution kernel module.
+# apt/dpkg fetch a real distribution kernel module, dbus (dbus-daemon)
+# carries pkg/systemd's D-Bus tests.
 set -euo pipefail
-pkgs=(gcc binutils libc6-dev xz-utils zstd dpkg ca-certificates make git)
+pkgs=(gcc binutils libc6-dev xz-utils zstd dpkg ca-certificates make git dbus)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

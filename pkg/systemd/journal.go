@@ -1,5 +1,6 @@
-// Package systemd talks to systemd: the journal, and in later stages
-// sd_notify and unit control over D-Bus.
+// Package systemd talks to systemd: the journal (JournalCore, with
+// MESSAGE_IDs operators search for), sd_notify (Notifier) and unit control
+// over D-Bus (Units).
 package systemd
 
 import (
