@@ -1,0 +1,34 @@
+package kmod
+
+import (
+	"path/filepath"
+	"testing"
+)
+
+func TestEnforcement(t *testing.T) {
+	for _, c := range []struct {
+		name, lockdown, sigEnforce string // "" leaves the file out
+		want                       bool
+		why                        string
+	}{
+		{name: "a kernel without lockdown or sig_enforce files does not enforce"},
+		{name: "lockdown none does not enforce", lockdown: "[none] integrity confidentiality\n", sigEnforce: "N\n"},
+		{name: "lockdown integrity enforces", lockdown: "none [integrity] confidentiality\n", want: true, why: "lockdown=integrity"},
+		{name: "lockdown confidentiality enforces", lockdown: "none integrity [confidentiality]\n", want: true, why: "lockdown=confidentiality"},
+		{name: "sig_enforce Y enforces", sigEnforce: "Y\n", want: true, why: "module.sig_enforce=Y"},
+		{name: "both reasons are given", lockdown: "none [integrity] confidentiality\n", sigEnforce: "Y\n", want: true, why: "lockdown=integrity, module.sig_enforce=Y"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := t.TempDir()
+			if c.lockdown != "" {
+				writeFile(t, filepath.Join(root, "sys/kernel/security/lockdown"), c.lockdown)
+			}
+			if c.sigEnforce != "" {
+				writeFile(t, filepath.Join(root, "sys/module/module/parameters/sig_enforce"), c.sigEnforce)
+			}
+			if got, why := Enforcement(root); got != c.want || why != c.why {
+				t.Errorf("Enforcement = %v, %q; want %v, %q", got, why, c.want, c.why)
+			}
+		})
+	}
+}

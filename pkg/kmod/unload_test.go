@@ -1,0 +1,126 @@
+package kmod
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// loadedDriver makes sysfs show the driver loaded in version 535 with
+// nvidia_peermem (not configured) and the in-tree drm that nvidia_drm
+// needs.
+func loadedDriver(f *fixture) {
+	f.loaded("nvidia", "535.183.01", 3, "nvidia_modeset", "nvidia_peermem", "nvidia_uvm")
+	f.loaded("nvidia_modeset", "535.183.01", 1, "nvidia_drm")
+	f.loaded("nvidia_drm", "535.183.01", 0)
+	f.loaded("nvidia_uvm", "535.183.01", 0)
+	f.loaded("nvidia_peermem", "535.183.01", 0)
+	f.loaded("drm", "", 2, "drm_kms_helper", "nvidia_drm")
+	f.builtin("nvidiafb_is_not_ours")
+}
+
+func TestUnload(t *testing.T) {
+	modules := []string{"nvidia", "nvidia-uvm", "nvidia-modeset", "nvidia-drm"}
+
+	t.Run("modules are unloaded after their holders, unconfigured NVIDIA ones included", func(t *testing.T) {
+		f := newFixture(t)
+		loadedDriver(f)
+		k := &fakeKernel{t: t}
+		got, err := Unload(k, f.root, modules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"nvidia_drm", "nvidia_modeset", "nvidia_peermem", "nvidia_uvm", "nvidia"}
+		if !slices.Equal(got, want) || !slices.Equal(k.deletes, want) {
+			t.Errorf("unloaded %v, deleted %v; want %v", got, k.deletes, want)
+		}
+		for _, fl := range k.flags {
+			if fl != unix.O_NONBLOCK {
+				t.Errorf("delete_module flags %#x, want O_NONBLOCK", fl)
+			}
+		}
+	})
+
+	t.Run("nothing loaded unloads nothing", func(t *testing.T) {
+		f := newFixture(t)
+		f.builtin("i2c_core")
+		k := &fakeKernel{t: t}
+		got, err := Unload(k, f.root, modules)
+		if err != nil || got != nil || k.deletes != nil {
+			t.Errorf("Unload = %v, %v; deleted %v", got, err, k.deletes)
+		}
+	})
+
+	t.Run("a module held by a process is busy and nothing is unloaded", func(t *testing.T) {
+		f := newFixture(t)
+		loadedDriver(f)
+		f.write("sys/module/nvidia_uvm/refcnt", "1\n") // a CUDA process
+		k := &fakeKernel{t: t}
+		got, err := Unload(k, f.root, modules)
+		if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "unload module nvidia_uvm: refcnt 1") || !strings.Contains(err.Error(), "reboot") {
+			t.Errorf("err %v, want ErrBusy naming nvidia_uvm and its refcnt", err)
+		}
+		if got != nil || k.deletes != nil {
+			t.Errorf("unloaded %v, deleted %v; want nothing", got, k.deletes)
+		}
+	})
+
+	t.Run("a module held by a module outside the set is busy", func(t *testing.T) {
+		f := newFixture(t)
+		loadedDriver(f)
+		f.loaded("nvidia", "535.183.01", 4, "gdrdrv")
+		k := &fakeKernel{t: t}
+		_, err := Unload(k, f.root, modules)
+		if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "module gdrdrv uses it") {
+			t.Errorf("err %v, want ErrBusy naming gdrdrv", err)
+		}
+		if k.deletes != nil {
+			t.Errorf("deleted %v", k.deletes)
+		}
+	})
+
+	t.Run("EAGAIN from delete_module is ErrBusy", func(t *testing.T) {
+		f := newFixture(t)
+		loadedDriver(f)
+		k := &fakeKernel{t: t, errs: map[string]error{"nvidia_uvm": unix.EAGAIN}}
+		got, err := Unload(k, f.root, modules)
+		if !errors.Is(err, ErrBusy) || !errors.Is(err, unix.EAGAIN) || !strings.Contains(err.Error(), "nvidia_uvm") {
+			t.Errorf("err %v, want ErrBusy wrapping EAGAIN", err)
+		}
+		if want := []string{"nvidia_drm", "nvidia_modeset", "nvidia_peermem"}; !slices.Equal(got, want) {
+			t.Errorf("unloaded %v, want %v", got, want)
+		}
+	})
+
+	t.Run("EBUSY from delete_module is ErrBusy", func(t *testing.T) {
+		f := newFixture(t)
+		loadedDriver(f)
+		k := &fakeKernel{t: t, errs: map[string]error{"nvidia_drm": unix.EBUSY}}
+		if _, err := Unload(k, f.root, modules); !errors.Is(err, ErrBusy) {
+			t.Errorf("err %v, want ErrBusy", err)
+		}
+	})
+
+	t.Run("a module already gone is passed over", func(t *testing.T) {
+		f := newFixture(t)
+		loadedDriver(f)
+		k := &fakeKernel{t: t, errs: map[string]error{"nvidia_peermem": unix.ENOENT}}
+		got, err := Unload(k, f.root, modules)
+		if err != nil || slices.Contains(got, "nvidia_peermem") || len(got) != 4 {
+			t.Errorf("Unload = %v, %v", got, err)
+		}
+	})
+
+	t.Run("a module that is going is busy", func(t *testing.T) {
+		f := newFixture(t)
+		loadedDriver(f)
+		markLoaded(t, f.root, "nvidia_uvm", "going", "")
+		k := &fakeKernel{t: t}
+		if _, err := Unload(k, f.root, modules); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "going") {
+			t.Errorf("err %v, want ErrBusy", err)
+		}
+	})
+}
