@@ -20,6 +20,7 @@ import (
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/unpack"
 )
 
@@ -94,17 +95,21 @@ func (g *globals) locked(wait bool, fn func(ctx context.Context, s *store.Store)
 	return fn(ctx, s)
 }
 
-// fetcher builds a Fetcher over the configured source and s.
-func (g *globals) fetcher(s *store.Store, prog *progress) (*engine.Fetcher, error) {
+// fetcher builds a Fetcher over the configured source and s, remembering
+// images that failed before.
+func (g *globals) fetcher(s *store.Store) (*engine.Fetcher, error) {
 	src, err := g.imageSource()
 	if err != nil {
 		return nil, err
 	}
 	cfg := g.cfg.Config
+	st, err := store.ReadState(g.root, cfg.Store)
+	if err != nil {
+		return nil, err
+	}
 	return &engine.Fetcher{
-		Source: src, Store: s, Modules: cfg.Modules,
-		Limits:   unpack.Limits{MaxBytes: cfg.MaxImageBytes, MaxEntries: cfg.MaxImageEntries},
-		Progress: prog.update,
+		Source: src, Store: s, Modules: cfg.Modules, BadDigests: st.Reasons(),
+		Limits: unpack.Limits{MaxBytes: cfg.MaxImageBytes, MaxEntries: cfg.MaxImageEntries},
 	}, nil
 }
 
@@ -211,10 +216,11 @@ is the one the image's org.nvidia-driverd.kernel-release label names.`,
 // fetch runs a Fetcher for t with progress and logs the outcome.
 func (g *globals) fetch(ctx context.Context, s *store.Store, t engine.Target) (engine.Fetched, error) {
 	prog := newProgress(g.stderr, g.log)
-	f, err := g.fetcher(s, prog)
+	f, err := g.fetcher(s)
 	if err != nil {
 		return engine.Fetched{}, err
 	}
+	f.Progress = prog.update
 	log := g.log.With(zap.String("driver", t.Driver), zap.String("tag", t.Tag), zap.String("kernel", t.Kernel.Release))
 	log.Info("fetch started")
 	start := time.Now()
@@ -240,19 +246,23 @@ image when no installed tree matches the running kernel, and switch
 'previous', for rollback). A tree already installed with the same image
 digest is reused.
 
-This release does not load modules yet; --no-activate states that intent
-explicitly and is what scripts should pass until activation lands.`,
+Then the tree is activated, as 'activate' does: libraries and binaries made
+visible, firmware path set, modules loaded, device nodes created,
+persistenced started. With --no-activate the store is updated and nothing
+on the running system changes (the next boot or 'activate' picks it up).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.locked(wait, g.install)
+			return g.locked(wait, func(ctx context.Context, s *store.Store) error {
+				return g.install(ctx, s, !noActivate)
+			})
 		},
 	}
-	cmd.Flags().BoolVar(&noActivate, "no-activate", false, "only fetch and switch current; do not load modules")
+	cmd.Flags().BoolVar(&noActivate, "no-activate", false, "only fetch and switch current; do not touch the running system")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait for another nvidia-driverd holding the store")
 	return cmd
 }
 
-func (g *globals) install(ctx context.Context, s *store.Store) error {
+func (g *globals) install(ctx context.Context, s *store.Store, activate bool) error {
 	cfg := g.cfg.Config
 	facts, err := engine.Gather(g.root, cfg)
 	if err != nil {
@@ -266,7 +276,10 @@ func (g *globals) install(ctx context.Context, s *store.Store) error {
 		return errors.New(d.Reason)
 	case engine.ActionNone, engine.ActionLoad:
 		fmt.Fprintf(g.stdout, "%s is current and matches kernel %s\n", d.Tree, facts.Kernel.Release)
-		return nil
+		if !activate || d.Tree == "" {
+			return nil
+		}
+		return g.activate(ctx, facts, d.Tree)
 	case engine.ActionInstall:
 		t, err := g.target(facts, d.Driver, "", "")
 		if err != nil {
@@ -283,10 +296,13 @@ func (g *globals) install(ctx context.Context, s *store.Store) error {
 		return err
 	}
 	if changed {
-		g.log.Info("current switched", zap.String("tree", tree))
+		g.log.Info("current switched", systemd.MessageID(systemd.MessageDriverSwitched), zap.String("tree", tree))
 	}
 	fmt.Fprintf(g.stdout, "current -> %s\n", tree)
-	return nil
+	if !activate {
+		return nil
+	}
+	return g.activate(ctx, facts, tree)
 }
 
 func newGCCommand(g *globals) *cobra.Command {

@@ -56,13 +56,16 @@ the file.`,
 	config.BindFlags(pf)
 
 	cmd.AddCommand(
+		newRunCommand(g),
 		newStatusCommand(g),
 		newPlanCommand(g),
 		newFetchCommand(g),
 		newInstallCommand(g),
+		newActivateCommand(g),
 		newGCCommand(g),
 		newRollbackCommand(g),
 		newPublishCommand(g),
+		newInstallUnitsCommand(g),
 		newConfigCommand(g),
 		newVersionCommand(g),
 	)

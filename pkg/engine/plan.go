@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path"
 	"sort"
+	"strings"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
@@ -138,14 +139,27 @@ func plan(f Facts, cfg config.Config, st State) Decision {
 	if err != nil {
 		return refuse(err.Error())
 	}
-	ref, err := source.Reference(cfg.Repository, tag)
+	ref, err := imageRef(cfg, tag)
 	if err != nil {
 		return Decision{Action: ActionRefuse, Driver: driver,
 			Reason: fmt.Sprintf("%s; nothing installed matches kernel %s and %v to fetch tag %s from", currentWhy, f.Kernel.Release, err, tag)}
 	}
-	return Decision{Action: ActionInstall, Driver: driver, Image: ref.String(),
+	return Decision{Action: ActionInstall, Driver: driver, Image: ref,
 		Tree:   path.Join(f.Store.Dir, driver, name),
 		Reason: fmt.Sprintf("%s; no installed tree of driver %s matches kernel %s", currentWhy, driver, f.Kernel.Release)}
+}
+
+// imageRef names the image an install fetches: tag in the OCI layout
+// when source names one, else in the repository.
+func imageRef(cfg config.Config, tag string) (string, error) {
+	if strings.HasPrefix(cfg.Source, source.LayoutPrefix) {
+		return cfg.Source + ":" + tag, nil
+	}
+	ref, err := source.Reference(cfg.Repository, tag)
+	if err != nil {
+		return "", err
+	}
+	return ref.String(), nil
 }
 
 // usableTree reports whether t can be loaded for the wanted driver, and if

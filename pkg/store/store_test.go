@@ -664,3 +664,38 @@ func TestClean(t *testing.T) {
 		must(t, l.Unlock())
 	})
 }
+
+func TestState(t *testing.T) {
+	t.Run("a bad digest is remembered across opens", func(t *testing.T) {
+		root := t.TempDir()
+		s, err := Open(root, "/opt/nvidia")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := ReadState(root, "/opt/nvidia"); err != nil || len(st.BadDigests) != 0 {
+			t.Fatalf("%+v, %v", st, err)
+		}
+		if err := s.MarkBad("sha256:abc", "nvidia: probe failed"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.MarkBad("sha256:def", "ENOEXEC"); err != nil {
+			t.Fatal(err)
+		}
+		st, err := ReadState(root, "/opt/nvidia")
+		if err != nil || st.Reasons()["sha256:abc"] != "nvidia: probe failed" || len(st.BadDigests) != 2 {
+			t.Fatalf("%+v, %v", st, err)
+		}
+	})
+	t.Run("a corrupt state file is an error naming it", func(t *testing.T) {
+		root := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(root, "opt/nvidia"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "opt/nvidia", StateFile), []byte("{"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ReadState(root, "/opt/nvidia"); err == nil || !strings.Contains(err.Error(), StateFile) {
+			t.Fatalf("got %v", err)
+		}
+	})
+}

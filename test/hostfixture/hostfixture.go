@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/nvidia-driverd/nvidia-driverd/test/kofixture"
 )
@@ -269,9 +271,14 @@ func DriverTree(dst, driver, kernel, vermagic string) error {
 			return err
 		}
 	}
+	// Real shared objects with the driver's SONAMEs, so that ldconfig and
+	// the dynamic linker treat them as they would the real libraries.
+	for _, lib := range []string{"libcuda.so", "libnvidia-ml.so"} {
+		if err := sharedObject(filepath.Join(dst, "lib64"), lib, driver); err != nil {
+			return err
+		}
+	}
 	files := map[string]string{
-		"lib64/libcuda.so." + driver:             "stub libcuda",
-		"lib64/libnvidia-ml.so." + driver:        "stub libnvidia-ml",
 		"bin/nvidia-smi":                         "#!/bin/sh\ncat /sys/module/nvidia/version\n",
 		"firmware/nvidia/" + driver + "/gsp.bin": "stub firmware",
 	}
@@ -284,10 +291,20 @@ func DriverTree(dst, driver, kernel, vermagic string) error {
 			return err
 		}
 	}
-	for _, lib := range []string{"libcuda.so", "libnvidia-ml.so"} {
-		if err := os.Symlink(lib+"."+driver, filepath.Join(dst, "lib64", lib+".1")); err != nil {
-			return err
-		}
-	}
 	return nil
+}
+
+// sharedObject compiles dir/<lib>.<driver> with SONAME <lib>.1 and links
+// <lib>.1 to it, as the driver ships them.
+func sharedObject(dir, lib, driver string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	file := lib + "." + driver
+	cmd := exec.Command("gcc", "-shared", "-fPIC", "-nostdlib", "-Wl,-soname,"+lib+".1", "-o", filepath.Join(dir, file), "-x", "c", "-")
+	cmd.Stdin = strings.NewReader("const char nvidia_driverd_stub_version[] = \"" + driver + "\";\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %w\n%s", file, err, out)
+	}
+	return os.Symlink(file, filepath.Join(dir, lib+".1"))
 }

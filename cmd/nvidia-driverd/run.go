@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/daemon"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
+)
+
+// activator builds the real seams: finit_module, mount(2), systemd over
+// D-Bus (connected on first use).
+func (g *globals) activator() *engine.Activator {
+	return &engine.Activator{
+		Root: g.root, Config: g.cfg.Config,
+		Kernel: kmod.Syscalls{}, Mounter: libs.Syscalls{}, Units: systemd.NewUnits(nil),
+	}
+}
+
+// activate activates tree and logs what it did.
+func (g *globals) activate(ctx context.Context, facts engine.Facts, tree string) error {
+	act, err := g.activator().Activate(ctx, facts, tree)
+	if err != nil {
+		g.log.Error("activation failed", systemd.MessageID(systemd.MessageActivationFailed), zap.String("tree", tree), zap.Error(err))
+		return err
+	}
+	var loaded []string
+	for _, m := range act.Modules {
+		if m.Skipped == "" {
+			loaded = append(loaded, m.Name)
+		}
+	}
+	g.log.Info("driver activated", systemd.MessageID(systemd.MessageDriverActivated), zap.String("tree", tree),
+		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted))
+	fmt.Fprintf(g.stdout, "activated %s\n", tree)
+	return nil
+}
+
+func newActivateCommand(g *globals) *cobra.Command {
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "activate",
+		Short: "Make the current tree the running driver, once",
+		Long: `Activate /opt/nvidia/current: point the firmware path at it, make its
+libraries and binaries visible (read-only overlays on /usr/lib64 and
+/opt/bin, or an ld.so.conf.d drop-in; see library-mode), run ldconfig and
+check that libcuda.so.1 and libnvidia-ml.so.1 resolve, load its modules in
+dependency order (after the kernel's own prerequisites, such as
+ipmi_msghandler), create /dev/nvidia* and start nvidia-persistenced.
+
+Every module's vermagic is checked against the running kernel first. When
+another driver version is loaded and in use, nothing changes and the
+command says a reboot is needed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.locked(wait, func(ctx context.Context, _ *store.Store) error {
+				facts, err := engine.Gather(g.root, g.cfg.Config)
+				if err != nil {
+					return err
+				}
+				t := facts.Store.Tree(facts.Store.Current)
+				if t == nil {
+					return errors.New("nothing is current; run install first")
+				}
+				if fit := engine.Judge(*t, facts.Kernel, g.cfg.Config.Modules); !fit.Matches {
+					return fmt.Errorf("%s does not match kernel %s: %s", t.Path, facts.Kernel.Release, fit.Problem)
+				}
+				return g.activate(ctx, facts, t.Path)
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait for another nvidia-driverd holding the store")
+	return cmd
+}
+
+func newRunCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "run",
+		Short: "Run the daemon (systemd Type=notify)",
+		Long: `Reconcile the host, then stay up: plan, fetch and install when needed,
+activate, and send READY=1 to systemd only once the driver is usable, with
+STATUS= progress meanwhile (download progress included). SIGHUP
+(systemctl reload) re-checks; SIGTERM stops, leaving the driver loaded.
+
+When the driver cannot be made usable, failure-policy decides: fail exits
+non-zero so units that Require= this one (kubelet) do not start;
+keep-previous activates the previous tree if it matches the kernel, and
+otherwise reports "degraded" in STATUS= and stays up. A freshly installed
+tree that fails to activate is rolled back and its image is not retried.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer cancel()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+
+			act := g.activator()
+			if u, ok := act.Units.(*systemd.Units); ok {
+				defer u.Close()
+			}
+			d := &daemon.Daemon{
+				Root: g.root, Config: g.cfg.Config, Log: g.log,
+				Notify:    systemd.NewNotifier(true),
+				Activator: act,
+				Fetcher:   g.fetcher,
+				Target: func(f engine.Facts, driver string) (engine.Target, error) {
+					return g.target(f, driver, "", "")
+				},
+			}
+			return d.Run(ctx, hup)
+		},
+	}
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	units "github.com/nvidia-driverd/nvidia-driverd/systemd"
+)
+
+// BinaryPath is where the units expect the binary: /opt/bin is on PATH on
+// Flatcar and writable there.
+const BinaryPath = "/opt/bin/nvidia-driverd"
+
+func newInstallUnitsCommand(g *globals) *cobra.Command {
+	var withKubelet, copyBinary bool
+	cmd := &cobra.Command{
+		Use:   "install-units",
+		Short: "Put the systemd units, sysusers and tmpfiles entries (and this binary) in place",
+		Long: `Write nvidia-driverd.service, nvidia-persistenced.service, the kubelet
+drop-in (After= + Requires= nvidia-driverd.service), and the sysusers.d and
+tmpfiles.d entries under <root>/etc, and copy this binary to ` + BinaryPath + `.
+Each file is replaced atomically and left alone when unchanged. Then run:
+
+  systemd-sysusers && systemd-tmpfiles --create
+  systemctl daemon-reload && systemctl enable --now nvidia-driverd`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, f := range units.Layout {
+				if !withKubelet && filepath.Dir(f.Name) == "kubelet.service.d" {
+					continue
+				}
+				data, err := units.Files.ReadFile(f.Name)
+				if err != nil {
+					return err
+				}
+				if err := g.installFile(f.Dest, data, fs.FileMode(f.Mode)); err != nil {
+					return err
+				}
+			}
+			if !copyBinary {
+				return nil
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			data, err := os.ReadFile(self)
+			if err != nil {
+				return err
+			}
+			return g.installFile(BinaryPath, data, 0o755)
+		},
+	}
+	cmd.Flags().BoolVar(&withKubelet, "kubelet", true, "install the kubelet ordering drop-in")
+	cmd.Flags().BoolVar(&copyBinary, "binary", true, "copy this binary to "+BinaryPath)
+	return cmd
+}
+
+// installFile writes data to host path dest atomically (temporary file,
+// fsync, rename, fsync of the directory), leaving an identical file alone.
+func (g *globals) installFile(dest string, data []byte, mode fs.FileMode) error {
+	p := filepath.Join(g.root, dest)
+	if old, err := os.ReadFile(p); err == nil && bytes.Equal(old, data) {
+		fmt.Fprintf(g.stdout, "unchanged %s\n", dest)
+		return nil
+	}
+	dir := filepath.Dir(p)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(p)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, bytes.NewReader(data))
+	if err == nil {
+		err = f.Chmod(mode)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	if err != nil {
+		return errors.Join(fmt.Errorf("install %s: %w", dest, err), os.Remove(f.Name()))
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("install %s: sync directory: %w", dest, err)
+	}
+	fmt.Fprintf(g.stdout, "installed %s\n", dest)
+	return nil
+}

@@ -1,0 +1,278 @@
+// Package daemon is the long-running nvidia-driverd: it reconciles the
+// host with the configuration at start, on SIGHUP, and when asked to, and
+// tells systemd the truth about the driver with sd_notify.
+//
+// A reconcile takes the store lock, removes leftovers of interrupted
+// installs, gathers facts, plans, fetches and switches when needed, and
+// activates. READY=1 is sent only once the driver is usable: modules
+// loaded, device nodes created, persistenced active.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
+)
+
+// Notifier is the sd_notify side; *systemd.Notifier is the real one.
+type Notifier interface {
+	Ready(status string) error
+	Status(status string) error
+	Reloading(status string) error
+	Stopping(status string) error
+	ExtendTimeout(d time.Duration) error
+	Watchdog() error
+	WatchdogInterval() time.Duration
+}
+
+// Daemon reconciles one host.
+type Daemon struct {
+	Root      string
+	Config    config.Config
+	Log       *zap.Logger
+	Notify    Notifier
+	Activator *engine.Activator
+	// Fetcher builds the fetcher for a locked store; it is called only
+	// when a download is needed.
+	Fetcher func(s *store.Store) (*engine.Fetcher, error)
+	// Tag returns the target for the running host and a driver version.
+	Target func(f engine.Facts, driver string) (engine.Target, error)
+}
+
+// Outcome is the result of one reconcile.
+type Outcome struct {
+	Tree     string // the active tree
+	Driver   string
+	Degraded string // why the driver is not usable but the daemon stays up
+}
+
+// Status is the one-line STATUS= text for an outcome.
+func (o Outcome) Status() string {
+	if o.Degraded != "" {
+		return "degraded: " + o.Degraded
+	}
+	return fmt.Sprintf("driver %s active from %s", o.Driver, o.Tree)
+}
+
+// Run reconciles, reports READY=1, and then waits: a value on reload
+// re-checks (RELOADING=1 ... READY=1), ctx's end stops (STOPPING=1). It
+// returns the reconcile error when the failure policy is fail, so the
+// unit fails and Requires= dependants such as kubelet do not start.
+func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
+	out, err := d.Reconcile(ctx)
+	if err != nil {
+		d.notify(d.Notify.Status("failed: " + err.Error()))
+		return err
+	}
+	d.notify(d.Notify.Ready(out.Status()))
+
+	var tick <-chan time.Time
+	if iv := d.Notify.WatchdogInterval(); iv > 0 {
+		t := time.NewTicker(iv)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			d.notify(d.Notify.Stopping("stopping; the driver stays loaded"))
+			return nil
+		case <-tick:
+			d.notify(d.Notify.Watchdog())
+		case <-reload:
+			d.notify(d.Notify.Reloading("re-checking the driver"))
+			out, err := d.Reconcile(ctx)
+			if err != nil {
+				// The driver that was ready stays loaded; say so and keep
+				// serving rather than take kubelet down on a reload.
+				d.Log.Error("re-check failed", zap.Error(err))
+				d.notify(d.Notify.Ready("re-check failed, previous state kept: " + err.Error()))
+				continue
+			}
+			d.notify(d.Notify.Ready(out.Status()))
+		}
+	}
+}
+
+func (d *Daemon) notify(err error) {
+	if err != nil {
+		d.Log.Warn("sd_notify", zap.Error(err))
+	}
+}
+
+// Reconcile brings the host to the configured driver once. It returns an
+// error when the driver could not be made usable and the failure policy is
+// fail; with keep-previous it falls back to the previous tree when that
+// matches the kernel, and otherwise returns a degraded Outcome.
+func (d *Daemon) Reconcile(ctx context.Context) (Outcome, error) {
+	s, err := store.Open(d.Root, d.Config.Store)
+	if err != nil {
+		return Outcome{}, err
+	}
+	d.notify(d.Notify.Status("waiting for the store lock"))
+	lock, err := s.Lock(ctx, true)
+	if err != nil {
+		return Outcome{}, err
+	}
+	defer func() {
+		if err := lock.Unlock(); err != nil {
+			d.Log.Warn("unlock store", zap.Error(err))
+		}
+	}()
+	removed, err := s.Clean()
+	for _, p := range removed {
+		d.Log.Info("removed leftover of an interrupted install", zap.String("path", p))
+	}
+	if err != nil {
+		return Outcome{}, err
+	}
+
+	out, err := d.reconcile(ctx, s)
+	if err == nil {
+		return out, nil
+	}
+	d.Log.Error("activation failed", systemd.MessageID(systemd.MessageActivationFailed), zap.Error(err))
+	if d.Config.FailurePolicy != "keep-previous" || errors.Is(err, context.Canceled) {
+		return Outcome{}, err
+	}
+	return d.keepPrevious(ctx, s, err)
+}
+
+// reconcile plans and carries the plan out. A freshly switched tree that
+// fails to activate is marked bad and current goes back to where it was.
+func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error) {
+	facts, err := engine.Gather(d.Root, d.Config)
+	if err != nil {
+		return Outcome{}, err
+	}
+	st, err := store.ReadState(d.Root, d.Config.Store)
+	if err != nil {
+		return Outcome{}, err
+	}
+	plan := engine.Plan(facts, d.Config, engine.State{BadDigests: st.Reasons()})
+	log := d.Log.With(zap.String("kernel", facts.Kernel.Release), zap.String("driver", plan.Driver))
+	log.Info("planned", zap.String("action", string(plan.Action)), zap.String("reason", plan.Reason))
+	d.notify(d.Notify.Status(fmt.Sprintf("%s: %s", plan.Action, plan.Reason)))
+
+	tree := plan.Tree
+	switch plan.Action {
+	case engine.ActionRefuse:
+		return Outcome{}, errors.New(plan.Reason)
+	case engine.ActionInstall:
+		if tree, err = d.fetch(ctx, s, facts, plan.Driver); err != nil {
+			return Outcome{}, err
+		}
+	}
+	before := facts.Store.Current
+	if tree != "" && tree != before {
+		if _, err := s.Switch(tree); err != nil {
+			return Outcome{}, err
+		}
+		log.Info("driver switched", systemd.MessageID(systemd.MessageDriverSwitched), zap.String("from", before), zap.String("to", tree))
+	}
+	if tree == "" {
+		// The wanted driver is loaded but not from the store: nothing of
+		// ours to activate.
+		return Outcome{Driver: plan.Driver, Tree: "(loaded outside the store)"}, nil
+	}
+
+	d.notify(d.Notify.Status("activating " + tree))
+	act, err := d.Activator.Activate(ctx, facts, tree)
+	if err != nil {
+		if tree != before && !errors.Is(err, engine.ErrRebootNeeded) {
+			d.rollback(s, tree, before, err)
+		}
+		return Outcome{}, err
+	}
+	var loaded []string
+	for _, m := range act.Modules {
+		if m.Skipped == "" {
+			loaded = append(loaded, m.Name)
+		}
+	}
+	log.Info("driver activated", systemd.MessageID(systemd.MessageDriverActivated), zap.String("tree", tree),
+		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted))
+	return Outcome{Tree: tree, Driver: plan.Driver}, nil
+}
+
+// fetch downloads the image for the running host, with progress in
+// STATUS= and the start timeout extended while bytes arrive.
+func (d *Daemon) fetch(ctx context.Context, s *store.Store, facts engine.Facts, driver string) (string, error) {
+	t, err := d.Target(facts, driver)
+	if err != nil {
+		return "", err
+	}
+	f, err := d.Fetcher(s)
+	if err != nil {
+		return "", err
+	}
+	var last time.Time
+	f.Progress = func(done, total int64) {
+		if time.Since(last) < time.Second && done < total {
+			return
+		}
+		last = time.Now()
+		d.notify(d.Notify.Status(systemd.Progress("pulling", done, total)))
+		d.notify(d.Notify.ExtendTimeout(2 * time.Minute))
+	}
+	got, err := f.Fetch(ctx, t)
+	if err != nil {
+		d.Log.Error("fetch failed", systemd.MessageID(systemd.MessageFetchFailed), zap.String("tag", t.Tag), zap.Error(err))
+		return "", err
+	}
+	d.Log.Info("fetched", zap.String("image", got.Image), zap.String("tree", got.Tree), zap.Bool("reused", got.Reused), zap.Int64("bytes", got.Bytes))
+	return got.Tree, nil
+}
+
+// rollback remembers that tree's image failed and points current back at
+// the tree before it, so the next start does not retry it in a loop.
+func (d *Daemon) rollback(s *store.Store, tree, before string, cause error) {
+	inv, err := store.Scan(d.Root, d.Config.Store)
+	if err == nil {
+		if t := inv.Tree(tree); t != nil && t.Meta != nil {
+			err = s.MarkBad(t.Meta.Digest, cause.Error())
+		}
+	}
+	if err == nil && before != "" {
+		_, err = s.Switch(before)
+	}
+	if err != nil {
+		d.Log.Error("roll back after failed activation", zap.Error(err))
+		return
+	}
+	d.Log.Warn("rolled back after failed activation", zap.String("failed", tree), zap.String("current", before))
+}
+
+// keepPrevious applies the keep-previous policy: activate the previous
+// tree if it matches the kernel, else report degraded and stay up.
+func (d *Daemon) keepPrevious(ctx context.Context, s *store.Store, cause error) (Outcome, error) {
+	facts, err := engine.Gather(d.Root, d.Config)
+	if err != nil {
+		return Outcome{Degraded: cause.Error()}, nil
+	}
+	for _, p := range []string{facts.Store.Current, facts.Store.Previous} {
+		t := facts.Store.Tree(p)
+		if t == nil || !engine.Judge(*t, facts.Kernel, d.Config.Modules).Matches {
+			continue
+		}
+		if p != facts.Store.Current {
+			if _, err := s.Switch(p); err != nil {
+				break
+			}
+		}
+		if _, err := d.Activator.Activate(ctx, facts, p); err == nil {
+			d.Log.Warn("kept the previous driver", zap.String("tree", p), zap.NamedError("cause", cause))
+			return Outcome{Tree: p, Driver: t.Driver}, nil
+		}
+	}
+	return Outcome{Degraded: cause.Error()}, nil
+}

@@ -1,0 +1,376 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.uber.org/zap"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/publish"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/unpack"
+	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
+)
+
+const (
+	driver  = "550.54.14"
+	kernel  = "6.1.77-flatcar"
+	layout  = "/media/usb"
+	flags   = "SMP preempt mod_unload"
+	osVer   = "3815.2.0"
+	imgTag  = osVer + "-" + driver
+	newTree = "/opt/nvidia/" + driver + "/" + osVer
+)
+
+// fakeKernel loads modules by creating their /sys/module entries, as the
+// kernel would, and fails those listed in fail.
+type fakeKernel struct {
+	root string
+	mu   sync.Mutex
+	load []string
+	fail map[string]syscall.Errno
+}
+
+func (k *fakeKernel) FinitModule(f *os.File, params string, flags int) error {
+	name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(f.Name()), ".ko"), "-", "_")
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if errno, ok := k.fail[name]; ok {
+		return errno
+	}
+	k.load = append(k.load, name)
+	dir := filepath.Join(k.root, "sys/module", name)
+	for attr, v := range map[string]string{"initstate": "live", "version": driver, "refcnt": "0"} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, attr), []byte(v+"\n"), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (k *fakeKernel) DeleteModule(name string, flags int) error {
+	return os.RemoveAll(filepath.Join(k.root, "sys/module", name))
+}
+
+func (k *fakeKernel) loaded() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.load...)
+}
+
+type fakeUnits struct {
+	mu      sync.Mutex
+	started []string
+}
+
+func (u *fakeUnits) Start(_ context.Context, unit string) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.started = append(u.started, unit)
+	return nil
+}
+func (u *fakeUnits) Stop(context.Context, string) error { return nil }
+
+// notifySocket listens where sd_notify messages go and collects them.
+type notifySocket struct {
+	conn *net.UnixConn
+	msgs chan string
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: p, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", p)
+	n := &notifySocket{conn: conn, msgs: make(chan string, 100)}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			m, err := conn.Read(buf)
+			if err != nil {
+				close(n.msgs)
+				return
+			}
+			n.msgs <- string(buf[:m])
+		}
+	}()
+	return n
+}
+
+// until reads messages until one contains want, and returns those read.
+func (n *notifySocket) until(t *testing.T, want string) []string {
+	t.Helper()
+	var seen []string
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case m := <-n.msgs:
+			seen = append(seen, m)
+			if strings.Contains(m, want) {
+				return seen
+			}
+		case <-timeout:
+			t.Fatalf("no %q among %q", want, seen)
+		}
+	}
+}
+
+type rig struct {
+	root   string
+	kernel *fakeKernel
+	units  *fakeUnits
+	d      *Daemon
+}
+
+// newRig lays out a Flatcar host just updated to 3815.2.0, whose store has
+// the tree of the old OS current, and an OCI layout holding publishable
+// images.
+func newRig(t *testing.T, cfg func(*config.Config)) *rig {
+	t.Helper()
+	root := t.TempDir()
+	if err := hostfixture.Make("../../test/fixtures/hosts", root, hostfixture.Specs["flatcar-updated"]); err != nil {
+		t.Fatal(err)
+	}
+	// ldconfig -r <root> reads the root's own configuration.
+	write(t, root, "etc/ld.so.conf", "include /etc/ld.so.conf.d/*.conf\n")
+	if err := os.Mkdir(filepath.Join(root, "dev"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := config.Default()
+	c.DriverVersion = driver
+	c.Source = source.LayoutPrefix + layout
+	c.LibraryMode = "ldconfig"
+	c.ModuleParams = map[string]string{"nvidia": "NVreg_EnableMSI=1"}
+	if cfg != nil {
+		cfg(&c)
+	}
+	r := &rig{root: root, kernel: &fakeKernel{root: root}, units: &fakeUnits{}}
+	r.d = &Daemon{
+		Root: root, Config: c, Log: zap.NewNop(),
+		Notify:    systemd.NewNotifier(false),
+		Activator: &engine.Activator{Root: root, Config: c, Kernel: r.kernel, Mounter: noMounts{}, Units: r.units},
+		Fetcher: func(s *store.Store) (*engine.Fetcher, error) {
+			st, err := store.ReadState(root, c.Store)
+			if err != nil {
+				return nil, err
+			}
+			return &engine.Fetcher{Source: source.NewLayout(filepath.Join(root, layout), source.Options{Platform: amd64}),
+				Store: s, Modules: c.Modules, BadDigests: st.Reasons(), Limits: unpack.Limits{}}, nil
+		},
+		Target: func(f engine.Facts, drv string) (engine.Target, error) {
+			return engine.Target{Driver: drv, OSID: "flatcar", OSVersion: osVer, TreeName: osVer, Tag: osVer + "-" + drv, Kernel: f.Kernel}, nil
+		},
+	}
+	return r
+}
+
+var amd64 = v1.Platform{OS: "linux", Architecture: "amd64"}
+
+// noMounts fails any mount: ldconfig mode must not mount.
+type noMounts struct{}
+
+func (noMounts) Mount(string, string, string, uintptr, string) error { return errors.New("no mounts here") }
+func (noMounts) Unmount(string, int) error                           { return errors.New("no mounts here") }
+
+func write(t *testing.T, root, name, body string) {
+	t.Helper()
+	p := filepath.Join(root, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// publish puts an image of a driver tree for kernel k into the layout.
+func (r *rig) publish(t *testing.T, drv, k string) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := hostfixture.DriverTree(dir, drv, k, k+" "+flags); err != nil {
+		t.Fatal(err)
+	}
+	b, err := publish.Build(dir, publish.Options{Platform: amd64, Labels: map[string]string{
+		publish.LabelDriver: drv, publish.LabelKernel: k, publish.LabelOSVer: osVer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := source.WriteLayout(filepath.Join(r.root, layout), osVer+"-"+drv, b.Image); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *rig) current(t *testing.T) string {
+	t.Helper()
+	target, err := os.Readlink(filepath.Join(r.root, "opt/nvidia/current"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "/opt/nvidia/" + target
+}
+
+// run starts Run and returns a function that stops it and returns its
+// error, and the reload channel.
+func (r *rig) run(t *testing.T) (stop func() error, reload chan os.Signal) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	reload = make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() { done <- r.d.Run(ctx, reload) }()
+	return func() error { cancel(); return <-done }, reload
+}
+
+func TestRun(t *testing.T) {
+	t.Run("after an OS update it installs, activates, and only then says READY", func(t *testing.T) {
+		n := listenNotify(t)
+		r := newRig(t, nil)
+		r.publish(t, driver, kernel)
+		stop, _ := r.run(t)
+		seen := n.until(t, "READY=1")
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		ready := seen[len(seen)-1]
+		if !strings.Contains(ready, "STATUS=driver "+driver+" active from "+newTree) {
+			t.Errorf("READY message %q", ready)
+		}
+		var statuses []string
+		for _, m := range seen[:len(seen)-1] {
+			if strings.Contains(m, "READY=1") {
+				t.Fatalf("READY before activation: %q", seen)
+			}
+			statuses = append(statuses, m)
+		}
+		if all := strings.Join(statuses, "|"); !strings.Contains(all, "STATUS=install:") || !strings.Contains(all, "STATUS=pulling") || !strings.Contains(all, "EXTEND_TIMEOUT_USEC=") || !strings.Contains(all, "STATUS=activating") {
+			t.Errorf("statuses %q", statuses)
+		}
+		if got := strings.Join(r.kernel.loaded(), " "); got != "nvidia nvidia_modeset nvidia_drm nvidia_uvm" && got != "nvidia nvidia_modeset nvidia_uvm nvidia_drm" && got != "nvidia nvidia_uvm nvidia_modeset nvidia_drm" {
+			t.Errorf("load order %q", got)
+		}
+		if r.current(t) != newTree {
+			t.Errorf("current %s", r.current(t))
+		}
+		if len(r.units.started) != 1 || r.units.started[0] != "nvidia-persistenced.service" {
+			t.Errorf("units started %q", r.units.started)
+		}
+		for _, dev := range []string{"dev/nvidiactl", "dev/nvidia0", "dev/nvidia-uvm", "dev/nvidia-modeset"} {
+			if fi, err := os.Stat(filepath.Join(r.root, dev)); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+				t.Errorf("%s: %v %v", dev, fi, err)
+			}
+		}
+		if b, err := os.ReadFile(filepath.Join(r.root, "etc/ld.so.conf.d/nvidia-driverd.conf")); err != nil || !strings.Contains(string(b), newTree+"/lib64") {
+			t.Errorf("drop-in %q %v", b, err)
+		}
+	})
+
+	t.Run("with failure-policy fail a missing image fails the unit and never says READY", func(t *testing.T) {
+		n := listenNotify(t)
+		r := newRig(t, nil)
+		r.publish(t, "535.161.07", kernel) // another driver: the wanted tag is missing
+		stop, _ := r.run(t)
+		n.until(t, "STATUS=failed")
+		err := stop()
+		if err == nil || !strings.Contains(err.Error(), imgTag) {
+			t.Fatalf("Run = %v", err)
+		}
+		for len(n.msgs) > 0 {
+			if m := <-n.msgs; strings.Contains(m, "READY=1") {
+				t.Fatalf("READY after failure: %q", m)
+			}
+		}
+	})
+
+	t.Run("with keep-previous and nothing usable it stays up degraded", func(t *testing.T) {
+		n := listenNotify(t)
+		r := newRig(t, func(c *config.Config) { c.FailurePolicy = "keep-previous" })
+		stop, _ := r.run(t)
+		seen := n.until(t, "READY=1")
+		if !strings.Contains(seen[len(seen)-1], "STATUS=degraded: ") {
+			t.Fatalf("%q", seen)
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a tree that fails to load is rolled back and its image not retried", func(t *testing.T) {
+		listenNotify(t)
+		r := newRig(t, nil)
+		r.publish(t, driver, kernel)
+		r.kernel.fail = map[string]syscall.Errno{"nvidia": syscall.ENODEV}
+		before := r.current(t)
+		_, err := r.d.Reconcile(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "load module nvidia") {
+			t.Fatalf("Reconcile = %v", err)
+		}
+		if r.current(t) != before {
+			t.Fatalf("current %s, want it rolled back to %s", r.current(t), before)
+		}
+		st, err := store.ReadState(r.root, "/opt/nvidia")
+		if err != nil || len(st.BadDigests) != 1 {
+			t.Fatalf("state %+v, %v", st, err)
+		}
+		r.kernel.fail = nil
+		_, err = r.d.Reconcile(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "failed before") {
+			t.Fatalf("second Reconcile = %v", err)
+		}
+	})
+
+	t.Run("keep-previous falls back to the previous tree when it matches", func(t *testing.T) {
+		listenNotify(t)
+		r := newRig(t, func(c *config.Config) { c.FailurePolicy = "keep-previous" })
+		// 535 is installed for this kernel and current; 550 is wanted but
+		// its image is missing.
+		r.publish(t, "535.161.07", kernel)
+		r.d.Config.DriverVersion = "535.161.07"
+		r.d.Activator.Config.DriverVersion = "535.161.07"
+		if _, err := r.d.Reconcile(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		r.d.Config.DriverVersion = driver
+		r.d.Activator.Config.DriverVersion = driver
+		out, err := r.d.Reconcile(context.Background())
+		if err != nil || out.Tree != "/opt/nvidia/535.161.07/"+osVer || out.Degraded != "" {
+			t.Fatalf("%+v, %v", out, err)
+		}
+	})
+
+	t.Run("SIGHUP re-checks with RELOADING and READY; stopping says STOPPING", func(t *testing.T) {
+		n := listenNotify(t)
+		r := newRig(t, nil)
+		r.publish(t, driver, kernel)
+		stop, reload := r.run(t)
+		n.until(t, "READY=1")
+		reload <- syscall.SIGHUP
+		n.until(t, "RELOADING=1")
+		if m := n.until(t, "READY=1"); !strings.Contains(m[len(m)-1], "active from "+newTree) {
+			t.Fatalf("%q", m)
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		n.until(t, "STOPPING=1")
+	})
+}

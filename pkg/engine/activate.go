@@ -1,0 +1,138 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs"
+)
+
+// UnitControl starts and stops systemd units; *systemd.Units is the real
+// one.
+type UnitControl interface {
+	Start(ctx context.Context, unit string) error
+	Stop(ctx context.Context, unit string) error
+}
+
+// Activator turns an installed tree into a working driver on the host,
+// through seams that tests replace: the module syscalls, mount(2), and
+// systemd.
+type Activator struct {
+	Root    string
+	Config  config.Config
+	Kernel  kmod.Kernel
+	Mounter libs.Mounter
+	Units   UnitControl
+	// Ldconfig overrides the ldconfig command line (tests use a private
+	// cache); nil means the libs default.
+	Ldconfig []string
+	// Mountinfo overrides the mount table read; "" means the libs default.
+	Mountinfo string
+}
+
+// Activation says what Activate did.
+type Activation struct {
+	Unloaded []string    // modules of another version removed first
+	Modules  []kmod.Step // modules in load order, with what was skipped
+	Devices  []string    // device nodes created or fixed
+	Libs     libs.Result // overlays, drop-in, firmware path
+}
+
+// ErrRebootNeeded is wrapped when another driver version is loaded and in
+// use, so the new one cannot be loaded until the host reboots.
+var ErrRebootNeeded = errors.New("reboot needed")
+
+// LibraryMode resolves the library-mode setting for this host: overlay on
+// Flatcar and CoreOS, whose /usr is read-only, the ld.so.conf.d drop-in
+// elsewhere.
+func LibraryMode(setting string, f Facts) libs.Mode {
+	switch setting {
+	case "overlay":
+		return libs.ModeOverlay
+	case "ldconfig":
+		return libs.ModeLdconfig
+	}
+	switch f.OS.Family() {
+	case hostinfo.FamilyFlatcar, hostinfo.FamilyCoreOS:
+		return libs.ModeOverlay
+	}
+	return libs.ModeLdconfig
+}
+
+// Activate makes tree (a host path of an installed tree that matches the
+// running kernel) the running driver. In order: when another version of
+// the driver is loaded, persistenced is stopped and the old modules are
+// unloaded (leaving everything as it was, with an error wrapping
+// ErrRebootNeeded, when something holds the GPU); the libraries, binaries
+// and firmware path are switched (firmware first, since the GPU loads it
+// at probe); the modules are loaded in dependency order after the
+// in-tree prerequisites; device nodes are created; persistenced is
+// started. Each step is idempotent, so activating an active tree changes
+// nothing. The error names the step.
+func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activation, error) {
+	var out Activation
+	cfg := a.Config
+	loaded, driver := f.LoadedVersion(), filepath.Base(filepath.Dir(tree))
+	if loaded != "" && loaded != driver {
+		if err := a.stopPersistenced(ctx); err != nil {
+			return out, err
+		}
+		unloaded, err := kmod.Unload(a.Kernel, a.Root, cfg.Modules)
+		out.Unloaded = unloaded
+		if errors.Is(err, kmod.ErrBusy) {
+			return out, fmt.Errorf("replace nvidia %s with %s: %w: %w", loaded, driver, ErrRebootNeeded, err)
+		}
+		if err != nil {
+			return out, fmt.Errorf("unload nvidia %s: %w", loaded, err)
+		}
+	}
+
+	var err error
+	out.Libs, err = libs.Activate(a.Mounter, libs.Config{
+		Root: a.Root, Store: cfg.Store, Tree: tree, Mode: LibraryMode(cfg.LibraryMode, f),
+		Mountinfo: a.Mountinfo, Ldconfig: a.Ldconfig,
+	})
+	if err != nil {
+		return out, fmt.Errorf("activate libraries of %s: %w", tree, err)
+	}
+
+	fsTree := filepath.Join(a.Root, tree)
+	out.Modules, err = kmod.Load(a.Kernel, kmod.Request{
+		Root: a.Root, Release: f.Kernel.Release, Flags: f.Kernel.Flags,
+		TreeModules: filepath.Join(fsTree, "lib/modules", f.Kernel.Release),
+		Modprobe:    filepath.Join(fsTree, "etc/modprobe.d"),
+		Modules:     cfg.Modules, Params: cfg.ModuleParams,
+	})
+	if err != nil {
+		return out, fmt.Errorf("load modules of %s: %w", tree, err)
+	}
+
+	gpus := make([]string, len(f.GPUs))
+	for i, g := range f.GPUs {
+		gpus[i] = g.Address
+	}
+	if out.Devices, err = kmod.Devices(a.Root, gpus); err != nil {
+		return out, fmt.Errorf("create device nodes: %w", err)
+	}
+	if cfg.Persistenced != "" && a.Units != nil {
+		if err := a.Units.Start(ctx, cfg.Persistenced); err != nil {
+			return out, fmt.Errorf("start %s: %w", cfg.Persistenced, err)
+		}
+	}
+	return out, nil
+}
+
+func (a *Activator) stopPersistenced(ctx context.Context) error {
+	if a.Config.Persistenced == "" || a.Units == nil {
+		return nil
+	}
+	if err := a.Units.Stop(ctx, a.Config.Persistenced); err != nil {
+		return fmt.Errorf("stop %s before replacing the driver: %w", a.Config.Persistenced, err)
+	}
+	return nil
+}
