@@ -262,7 +262,23 @@ on the running system changes (the next boot or 'activate' picks it up).`,
 	return cmd
 }
 
+// install carries out the plan in the store. With activate it is the
+// daemon's reconcile, run once: fetch, switch, activate, and roll back a
+// fresh tree that fails to activate. Without, it only fetches and
+// switches current.
 func (g *globals) install(ctx context.Context, s *store.Store, activate bool) error {
+	if activate {
+		d := g.daemon(nopNotifier{})
+		prog := newProgress(g.stderr, g.log)
+		d.Progress = prog.update
+		out, err := d.Converge(ctx, s)
+		prog.finish()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(g.stdout, out.Status())
+		return nil
+	}
 	cfg := g.cfg.Config
 	facts, err := engine.Gather(g.root, cfg)
 	if err != nil {
@@ -276,10 +292,7 @@ func (g *globals) install(ctx context.Context, s *store.Store, activate bool) er
 		return errors.New(d.Reason)
 	case engine.ActionNone, engine.ActionLoad:
 		fmt.Fprintf(g.stdout, "%s is current and matches kernel %s\n", d.Tree, facts.Kernel.Release)
-		if !activate || d.Tree == "" {
-			return nil
-		}
-		return g.activate(ctx, facts, d.Tree)
+		return nil
 	case engine.ActionInstall:
 		t, err := g.target(facts, d.Driver, "", "")
 		if err != nil {
@@ -299,10 +312,7 @@ func (g *globals) install(ctx context.Context, s *store.Store, activate bool) er
 		g.log.Info("current switched", systemd.MessageID(systemd.MessageDriverSwitched), zap.String("tree", tree))
 	}
 	fmt.Fprintf(g.stdout, "current -> %s\n", tree)
-	if !activate {
-		return nil
-	}
-	return g.activate(ctx, facts, tree)
+	return nil
 }
 
 func newGCCommand(g *globals) *cobra.Command {

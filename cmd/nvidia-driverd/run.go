@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -27,6 +28,30 @@ func (g *globals) activator() *engine.Activator {
 		Kernel: kmod.Syscalls{}, Mounter: libs.Syscalls{}, Units: systemd.NewUnits(nil),
 	}
 }
+
+// daemon builds the daemon over the real seams, reporting to notify.
+func (g *globals) daemon(notify daemon.Notifier) *daemon.Daemon {
+	return &daemon.Daemon{
+		Root: g.root, Config: g.cfg.Config, Log: g.log,
+		Notify:    notify,
+		Activator: g.activator(),
+		Fetcher:   g.fetcher,
+		Target: func(f engine.Facts, driver string) (engine.Target, error) {
+			return g.target(f, driver, "", "")
+		},
+	}
+}
+
+// nopNotifier is the Notifier of one-shot commands: nobody listens.
+type nopNotifier struct{}
+
+func (nopNotifier) Ready(string) error                { return nil }
+func (nopNotifier) Status(string) error               { return nil }
+func (nopNotifier) Reloading(string) error            { return nil }
+func (nopNotifier) Stopping(string) error             { return nil }
+func (nopNotifier) ExtendTimeout(time.Duration) error { return nil }
+func (nopNotifier) Watchdog() error                   { return nil }
+func (nopNotifier) WatchdogInterval() time.Duration   { return 0 }
 
 // activate activates tree and logs what it did.
 func (g *globals) activate(ctx context.Context, facts engine.Facts, tree string) error {
@@ -106,18 +131,9 @@ tree that fails to activate is rolled back and its image is not retried.`,
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
 
-			act := g.activator()
-			if u, ok := act.Units.(*systemd.Units); ok {
+			d := g.daemon(systemd.NewNotifier(true))
+			if u, ok := d.Activator.Units.(*systemd.Units); ok {
 				defer u.Close()
-			}
-			d := &daemon.Daemon{
-				Root: g.root, Config: g.cfg.Config, Log: g.log,
-				Notify:    systemd.NewNotifier(true),
-				Activator: act,
-				Fetcher:   g.fetcher,
-				Target: func(f engine.Facts, driver string) (engine.Target, error) {
-					return g.target(f, driver, "", "")
-				},
 			}
 			return d.Run(ctx, hup)
 		},

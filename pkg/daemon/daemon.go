@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -44,8 +45,11 @@ type Daemon struct {
 	// Fetcher builds the fetcher for a locked store; it is called only
 	// when a download is needed.
 	Fetcher func(s *store.Store) (*engine.Fetcher, error)
-	// Tag returns the target for the running host and a driver version.
+	// Target returns the target for the running host and a driver version.
 	Target func(f engine.Facts, driver string) (engine.Target, error)
+	// Progress, when set, also receives download progress (a terminal's
+	// progress line for one-shot commands).
+	Progress func(done, total int64)
 }
 
 // Outcome is the result of one reconcile.
@@ -135,7 +139,12 @@ func (d *Daemon) Reconcile(ctx context.Context) (Outcome, error) {
 	if err != nil {
 		return Outcome{}, err
 	}
+	return d.Converge(ctx, s)
+}
 
+// Converge is Reconcile for a caller that already holds the store's lock
+// and has cleaned it (the install command).
+func (d *Daemon) Converge(ctx context.Context, s *store.Store) (Outcome, error) {
 	out, err := d.reconcile(ctx, s)
 	if err == nil {
 		return out, nil
@@ -215,8 +224,14 @@ func (d *Daemon) fetch(ctx context.Context, s *store.Store, facts engine.Facts, 
 	if err != nil {
 		return "", err
 	}
+	var mu sync.Mutex // Progress is called from every layer's goroutine
 	var last time.Time
 	f.Progress = func(done, total int64) {
+		if d.Progress != nil {
+			d.Progress(done, total)
+		}
+		mu.Lock()
+		defer mu.Unlock()
 		if time.Since(last) < time.Second && done < total {
 			return
 		}

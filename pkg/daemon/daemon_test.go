@@ -189,8 +189,10 @@ var amd64 = v1.Platform{OS: "linux", Architecture: "amd64"}
 // noMounts fails any mount: ldconfig mode must not mount.
 type noMounts struct{}
 
-func (noMounts) Mount(string, string, string, uintptr, string) error { return errors.New("no mounts here") }
-func (noMounts) Unmount(string, int) error                           { return errors.New("no mounts here") }
+func (noMounts) Mount(string, string, string, uintptr, string) error {
+	return errors.New("no mounts here")
+}
+func (noMounts) Unmount(string, int) error { return errors.New("no mounts here") }
 
 func write(t *testing.T, root, name, body string) {
 	t.Helper()
