@@ -46,9 +46,13 @@ lint: ## gofmt, go vet and staticcheck
 check-tidy: ## Fail when go.mod or go.sum is not tidy
 	$(GO) mod tidy -diff
 
+BENCH_RUNS  ?= 5
+BENCH_FLAGS ?=
+
 .PHONY: bench
-bench: ## Run the benchmarks
+bench: build ## Run the Go benchmarks, then the install benchmark (BENCH_RUNS=5, BENCH_FLAGS=-check)
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./test/bench/install -bin $(BIN) -runs $(BENCH_RUNS) $(BENCH_FLAGS)
 
 .PHONY: fuzz
 fuzz: ## Run each fuzzer for FUZZTIME (default 15s)
@@ -59,7 +63,7 @@ fuzz: ## Run each fuzzer for FUZZTIME (default 15s)
 	done
 
 .PHONY: demo
-demo: deps build ## Show status and plan on sample Flatcar, CoreOS and Debian hosts
+demo: deps build ## Show status and plan on sample hosts, then publish and install a driver end to end
 	bash test/demo.sh $(BIN)
 
 .PHONY: e2e
@@ -68,6 +72,10 @@ e2e: build ## Run the built binary end to end against fixture hosts
 
 .PHONY: ci
 ci: check-tidy lint test e2e ## Everything CI runs
+
+.PHONY: install
+install: build ## Install the binary to /opt/bin and the systemd units under /etc (as root)
+	$(BIN) install-units
 
 .PHONY: clean
 clean: ## Remove build output

@@ -56,7 +56,7 @@ credentials come from the Docker config ($DOCKER_CONFIG), as for fetching.`,
 	fl.StringVar(&f.driver, "driver", "", "driver version (default: nvidia.ko's version)")
 	fl.StringVar(&f.layoutDir, "oci-layout", "", "write to this OCI layout directory instead of a registry")
 	fl.StringVar(&f.compression, "compression", string(publish.Zstd), "layer compression: zstd (fastest to install) or gzip")
-	fl.IntVar(&f.libraryLayers, "library-layers", 4, "layers lib64/ is split into, so installs unpack on every core")
+	fl.IntVar(&f.libraryLayers, "library-layers", 0, "layers lib64/ is split into, so installs unpack on every core (default 4)")
 	fl.StringVar(&f.mtime, "mtime", "", "timestamp of every entry, Unix seconds (default $SOURCE_DATE_EPOCH or 0)")
 	return cmd
 }

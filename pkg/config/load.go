@@ -189,7 +189,7 @@ func nodeValues(k key, n *yaml.Node) ([]string, error) {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			kn, vn := n.Content[i], n.Content[i+1]
 			if kn.Kind != yaml.ScalarNode || vn.Kind != yaml.ScalarNode {
-				return nil, fmt.Errorf("line %d: want tag: sha256:...", kn.Line)
+				return nil, fmt.Errorf("line %d: want plain key: value pairs", kn.Line)
 			}
 			raw = append(raw, kn.Value+"="+vn.Value)
 		}

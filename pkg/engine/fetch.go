@@ -1,11 +1,13 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,8 +41,9 @@ type Fetcher struct {
 	Limits  unpack.Limits
 	// BadDigests are images that failed before; they are refused.
 	BadDigests map[string]string
-	// Progress, when set, is called as compressed bytes arrive, from
-	// several goroutines at once.
+	// Progress, when set, is called as compressed bytes arrive, with the
+	// bytes so far and the total: from several goroutines, but one call
+	// at a time.
 	Progress func(done, total int64)
 }
 
@@ -141,18 +144,24 @@ func (f *Fetcher) unpack(ctx context.Context, img *source.Image, st *store.Stagi
 		return 0, err
 	}
 	tree := unpack.NewSubtree(root, f.Limits, subdir)
-	var done atomic.Int64
+	var (
+		progress sync.Mutex // serializes Progress calls
+		done     int64      // guarded by progress
+	)
 	total := img.Size()
+	windows := newBudget(windowBudget)
 	apply := func(ctx context.Context, i int, mode unpack.Mode) error {
-		return f.layer(ctx, img, i, tree, mode, func(n int64) {
-			d := done.Add(n)
+		return f.layer(ctx, img, i, tree, mode, windows, func(n int64) {
+			progress.Lock()
+			defer progress.Unlock()
+			done += n
 			if f.Progress != nil {
-				f.Progress(d, total)
+				f.Progress(done, total)
 			}
 		})
 	}
 	if img.Labels[publish.LayoutLabel] == publish.LayoutDisjoint {
-		err = parallel(ctx, len(img.Layers), max(2, runtime.GOMAXPROCS(0)), func(ctx context.Context, i int) error {
+		err = parallel(ctx, largestFirst(img.Layers), layerJobs(), func(ctx context.Context, i int) error {
 			return apply(ctx, i, unpack.Disjoint)
 		})
 	} else {
@@ -165,14 +174,19 @@ func (f *Fetcher) unpack(ctx context.Context, img *source.Image, st *store.Stagi
 	if cerr := root.Close(); err == nil {
 		err = cerr
 	}
+	// Every layer has returned, and with it every call of progress.
+	progress.Lock()
+	defer progress.Unlock()
 	if err != nil {
-		return done.Load(), fmt.Errorf("unpack %s: %w", img.Ref, err)
+		return done, fmt.Errorf("unpack %s: %w", img.Ref, err)
 	}
-	return done.Load(), nil
+	return done, nil
 }
 
 // layer downloads, verifies, decompresses and applies layer i.
-func (f *Fetcher) layer(ctx context.Context, img *source.Image, i int, tree *unpack.Tree, mode unpack.Mode, progress func(int64)) error {
+// Its decoder's window is taken from windows before it is decoded, and
+// given back after.
+func (f *Fetcher) layer(ctx context.Context, img *source.Image, i int, tree *unpack.Tree, mode unpack.Mode, windows *budget, progress func(int64)) error {
 	l := img.Layers[i]
 	rc, err := l.Open()
 	if err != nil {
@@ -184,16 +198,23 @@ func (f *Fetcher) layer(ctx context.Context, img *source.Image, i int, tree *unp
 	if err != nil {
 		return fmt.Errorf("layer %d (%s): %w", i, l.Digest, err)
 	}
-	err = tree.Apply(ctx, i, dr, mode)
+	granted, err := windows.acquire(ctx, dr.Window())
+	if err == nil {
+		defer windows.release(granted)
+		err = tree.Apply(ctx, i, dr, mode)
+	}
 	if err == nil {
 		// Read to the very end: the digest is checked at EOF of the
 		// compressed stream, which the tar reader alone may not reach.
-		if _, err = io.Copy(io.Discard, dr); err == nil {
-			_, err = io.Copy(io.Discard, counted)
-		}
+		_, err = io.Copy(io.Discard, dr)
 	}
+	// Closing dr stops its read-ahead goroutines; only then is rc ours
+	// to read again.
 	if cerr := dr.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil {
+		_, err = io.Copy(io.Discard, counted)
 	}
 	if err != nil {
 		return fmt.Errorf("layer %d (%s): %w", i, l.Digest, err)
@@ -225,25 +246,103 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// parallel runs fn for 0..n-1 with at most jobs at once; the first error
-// cancels the others and is returned.
-func parallel(ctx context.Context, n, jobs int, fn func(context.Context, int) error) error {
+// windowBudget bounds the decoder windows (see unpack.Stream.Window) of
+// the layers unpacked at once. Images publish writes have 2 MiB windows,
+// so four layers fit; images with zstd's common 8 MiB windows are
+// unpacked two at a time, which keeps the daemon under 64 MiB too.
+const windowBudget = 16 << 20
+
+// budget hands out up to a total of units (bytes of memory) to
+// goroutines, each waiting until its share is free.
+type budget struct {
+	mu    sync.Mutex
+	total int64
+	free  int64
+	freed chan struct{} // closed, and replaced, when units are given back
+}
+
+func newBudget(total int64) *budget {
+	return &budget{total: total, free: total, freed: make(chan struct{})}
+}
+
+// acquire waits until n units, or the whole budget if n is more, are
+// free and takes them. It returns what it took, to give to release, or
+// ctx's cause when ctx is done first.
+func (b *budget) acquire(ctx context.Context, n int64) (int64, error) {
+	n = min(max(n, 0), b.total)
+	for {
+		b.mu.Lock()
+		if n <= b.free {
+			b.free -= n
+			b.mu.Unlock()
+			return n, nil
+		}
+		freed := b.freed
+		b.mu.Unlock()
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return 0, context.Cause(ctx)
+		}
+	}
+}
+
+// release gives back n units acquire took.
+func (b *budget) release(n int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.free += n
+	close(b.freed)
+	b.freed = make(chan struct{})
+}
+
+// maxLayerJobs bounds the layers unpacked at once, whatever the number of
+// cores: each layer in flight holds its read-ahead buffers (see
+// unpack.Decompress) besides its decoder's window, and the daemon should
+// stay well under 64 MiB. Four layers keep four cores decoding, more than
+// the disk usually absorbs anyway.
+const maxLayerJobs = 4
+
+// layerJobs is how many layers to unpack at once: one per core, at least
+// two (one can download while another waits on the disk) and at most
+// maxLayerJobs.
+func layerJobs() int {
+	return min(max(2, runtime.GOMAXPROCS(0)), maxLayerJobs)
+}
+
+// largestFirst returns the indexes of layers, largest first (ties in
+// image order). Started in that order, the largest layer, which bounds
+// how soon the last one ends, never waits behind small ones.
+func largestFirst(layers []source.Layer) []int {
+	order := make([]int, len(layers))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(layers[b].Size, layers[a].Size) })
+	return order
+}
+
+// parallel runs fn for each index in order, starting them in that order,
+// with at most jobs at once; the first error cancels the others and is
+// returned.
+func parallel(ctx context.Context, order []int, jobs int, fn func(context.Context, int) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	sem := make(chan struct{}, jobs)
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	for i := range n {
+	for range min(max(jobs, 1), len(order)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			defer func() { <-sem }()
-			if err := fn(ctx, i); err != nil {
-				cancel(err)
+			for {
+				k := int(next.Add(1) - 1)
+				if k >= len(order) || ctx.Err() != nil {
+					return
+				}
+				if err := fn(ctx, order[k]); err != nil {
+					cancel(err)
+					return
+				}
 			}
 		}()
 	}

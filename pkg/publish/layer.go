@@ -15,6 +15,19 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
+// zstdWindow is the window zstd layers are written with. The installer
+// holds one window per layer it unpacks at once, so a small window keeps
+// its memory small; driver binaries gain nothing from a larger one
+// (libLLVM, cc1 and libz3 together: 32.57 % of their size at 2 MiB,
+// 32.56 % at the encoder's default 8 MiB).
+const zstdWindow = 2 << 20
+
+// zstdLevel is the zstd level of layers: "better" decodes as fast as the
+// default level and is 4 % smaller on driver binaries (11 % on the install
+// benchmark's image), so it downloads faster; it takes twice as long to
+// publish.
+const zstdLevel = zstd.SpeedBetterCompression
+
 // fileLayer is a compressed layer kept in a temporary file. It implements
 // v1.Layer.
 type fileLayer struct {
@@ -109,7 +122,7 @@ func fillLayer(f *os.File, src string, entries []entry, comp Compression) (*file
 	switch comp {
 	case Zstd:
 		mt = types.OCILayerZStd
-		zw, err = zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.SpeedDefault))
+		zw, err = zstd.NewWriter(out, zstd.WithEncoderLevel(zstdLevel), zstd.WithWindowSize(zstdWindow))
 	default:
 		mt = types.OCILayer
 		zw, err = gzip.NewWriterLevel(out, gzip.DefaultCompression)

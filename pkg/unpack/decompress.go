@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -82,52 +83,196 @@ func describe(c compression, head []byte) string {
 	return fmt.Sprintf("starts % x, which is neither gzip nor zstd", head)
 }
 
+// Read-ahead of the two stages of Decompress, per layer: compressed bytes
+// as they arrive, and decompressed bytes ready for the tar reader. A
+// layer in flight holds at most these buffers besides its decoder.
+const (
+	inputBuffers   = 4
+	inputBuffer    = 128 << 10
+	outputBuffers  = 4
+	outputBuffer   = 256 << 10
+	decoderBufSize = 64 << 10 // the bufio.Reader the decoder reads through
+)
+
+var (
+	inputPool  = newBufferPool(inputBuffer)
+	outputPool = newBufferPool(outputBuffer)
+	// zstdDecoders are idle zstd decoders. A decoder keeps its history
+	// (the frame's window, 1 to 8 MiB as encoders write them) across
+	// Reset, so handing it to the next layer spares allocating another
+	// window per layer and leaving the last one to the collector. One
+	// that held a larger window (up to MaxZstdWindow) keeps it while
+	// idle; the pool is emptied within two garbage collections.
+	zstdDecoders sync.Pool // *zstd.Decoder
+)
+
 // Decompress returns a reader of the uncompressed tar stream of a layer
 // blob r with media type mediaType: gzip (MediaTypeTarGzip,
 // MediaTypeDockerGzip), zstd (MediaTypeTarZstd) or plain tar
-// (MediaTypeTar). The zstd decoder runs on one goroutine in low-memory mode
-// and refuses windows over MaxZstdWindow, so a hostile frame cannot make it
-// allocate gigabytes; how much the stream may expand to is bounded by
-// Apply's Limits.
+// (MediaTypeTar). The zstd decoder runs in low-memory mode and refuses
+// windows over MaxZstdWindow, so a hostile frame cannot make it allocate
+// gigabytes; how much the stream may expand to is bounded by Apply's
+// Limits.
+//
+// The stream is read and decoded ahead of the caller, in a pipeline: r is
+// read (network, digest checks) on one goroutine from the start, the
+// decoder runs on another from the first Read, and the caller's goroutine
+// parses and writes, each stage a few buffers ahead of the next and no
+// further (see the constants above), so one layer keeps up to three cores
+// busy.
 //
 // The leading bytes are checked against the media type: it returns an
 // error when they show another compression than the media type says (a
 // gzip type with bytes that are not gzip, a plain tar that is compressed).
 // It also returns an error for an unknown media type, naming it, when r
 // cannot be read, and when the gzip header is malformed. Errors in the
-// compressed data later surface from Read.
+// compressed data, and errors reading r, later surface from Read; for
+// gzip and zstd, Read returns io.EOF only once r has returned io.EOF.
 //
-// Closing the returned reader releases the decoder; it does not close r.
-func Decompress(r io.Reader, mediaType string) (io.ReadCloser, error) {
+// Closing the returned Stream stops the pipeline and releases the
+// decoder; it does not close r. r may be read until Close returns, which
+// waits for a Read of r in progress (as a caller reading r itself would
+// wait): cancel the request behind r to abandon a stalled download.
+func Decompress(r io.Reader, mediaType string) (*Stream, error) {
 	want, ok := mediaCompression(mediaType)
 	if !ok {
 		return nil, fmt.Errorf("decompress layer: unknown media type %q", mediaType)
 	}
-	br := bufio.NewReader(r)
+	in := newAheadReader(r, inputPool, inputBuffers)
+	br := bufio.NewReaderSize(in, decoderBufSize)
 	head, err := br.Peek(sniffSize)
 	if err != nil && !errors.Is(err, io.EOF) {
+		in.Close()
 		return nil, fmt.Errorf("decompress layer: read leading bytes: %w", err)
 	}
 	if got := sniff(head); got != want {
+		in.Close()
 		return nil, fmt.Errorf("decompress layer: media type %q says %s, but the stream %s", mediaType, want, describe(got, head))
 	}
 	switch want {
 	case gzipped:
 		zr, err := gzip.NewReader(br)
 		if err != nil {
+			in.Close()
 			return nil, fmt.Errorf("decompress layer: read gzip header: %w", err)
 		}
-		return zr, nil
+		return &Stream{decoder: zr, closer: zr, in: in, window: gzipWindow}, nil
 	case zstdened:
-		zr, err := zstd.NewReader(br,
-			zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderLowmem(true),
-			zstd.WithDecoderMaxWindow(MaxZstdWindow),
-		)
-		if err != nil {
-			return nil, fmt.Errorf("decompress layer: start zstd decoder: %w", err)
-		}
-		return zr.IOReadCloser(), nil
+		// The decoder is taken at the first Read: one from the pool may
+		// hold a window's memory already.
+		return &Stream{zstdInput: br, in: in, window: zstdWindow(br)}, nil
 	}
-	return io.NopCloser(br), nil
+	return &Stream{out: br, in: in}, nil
+}
+
+// gzipWindow is the history a gzip decoder keeps.
+const gzipWindow = 32 << 10
+
+// unknownZstdWindow is the window assumed for a zstd stream whose first
+// frame does not say (it is skippable): the window encoders use by
+// default.
+const unknownZstdWindow = 8 << 20
+
+// zstdWindow returns the window the first frame of the zstd stream in br
+// declares, at most MaxZstdWindow. It only peeks.
+func zstdWindow(br *bufio.Reader) int64 {
+	head, _ := br.Peek(zstd.HeaderMaxSize)
+	var h zstd.Header
+	switch {
+	case h.Decode(head) != nil || h.Skippable:
+		return unknownZstdWindow
+	case h.SingleSegment:
+		return int64(min(h.FrameContentSize, MaxZstdWindow))
+	}
+	return int64(min(h.WindowSize, MaxZstdWindow))
+}
+
+// zstdDecoder returns a zstd decoder reading r, from zstdDecoders or new:
+// on one goroutine, in low-memory mode, refusing windows over
+// MaxZstdWindow.
+func zstdDecoder(r io.Reader) (*zstd.Decoder, error) {
+	if d, ok := zstdDecoders.Get().(*zstd.Decoder); ok {
+		if err := d.Reset(r); err == nil {
+			return d, nil
+		}
+		d.Close()
+	}
+	return zstd.NewReader(r,
+		zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxWindow(MaxZstdWindow),
+	)
+}
+
+// pooledZstd closes a decoder by returning it to zstdDecoders, detached
+// from its reader.
+type pooledZstd struct{ d *zstd.Decoder }
+
+func (p pooledZstd) Close() error {
+	if err := p.d.Reset(nil); err != nil {
+		p.d.Close()
+		return nil
+	}
+	zstdDecoders.Put(p.d)
+	return nil
+}
+
+// Stream is the reader Decompress returns: the uncompressed tar stream of
+// a layer, read ahead.
+type Stream struct {
+	out       io.Reader     // the last stage: ahead, or the bufio.Reader over in for plain tar
+	decoder   io.Reader     // nil for plain tar, and for zstd until the first Read
+	zstdInput *bufio.Reader // what a zstd decoder reads; nil for gzip and plain tar
+	closer    io.Closer     // releases the decoder
+	ahead     *aheadReader
+	in        *aheadReader
+	window    int64
+	closed    bool
+}
+
+// Window returns how many bytes of history the decoder keeps while the
+// stream is read, besides the fixed read-ahead buffers: the window the
+// zstd frame declares (or 8 MiB when it does not say; at most
+// MaxZstdWindow), 32 KiB for gzip, 0 for plain tar. The decoder holds no
+// window before the first Read, so a caller can wait until memory allows.
+func (s *Stream) Window() int64 { return s.window }
+
+// Read returns the uncompressed bytes, then io.EOF or the first error.
+// The first Read takes a decoder (for zstd) and starts it on its
+// goroutine.
+func (s *Stream) Read(b []byte) (int, error) {
+	if s.closed {
+		return 0, errReadAfterClose
+	}
+	if s.out == nil {
+		if s.zstdInput != nil {
+			zr, err := zstdDecoder(s.zstdInput)
+			if err != nil {
+				return 0, fmt.Errorf("decompress layer: start zstd decoder: %w", err)
+			}
+			s.decoder, s.closer, s.zstdInput = zr, pooledZstd{zr}, nil
+		}
+		s.ahead = newAheadReader(s.decoder, outputPool, outputBuffers)
+		s.out = s.ahead
+	}
+	return s.out.Read(b)
+}
+
+// Close stops the stages from the last to the first, each waiting for its
+// goroutine, so that the decoder is released only once nothing runs it
+// and r is left alone once Close returns.
+func (s *Stream) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var err error
+	if s.ahead != nil {
+		s.ahead.Close()
+	}
+	if s.closer != nil {
+		err = s.closer.Close()
+	}
+	s.in.Close()
+	return err
 }

@@ -10,6 +10,8 @@ import (
 	"path"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // impliedDirMode is the mode of a directory created because an entry below
@@ -302,16 +304,20 @@ func (a *applier) create(name string) (*os.File, error) {
 
 // fill copies size bytes from data into f through a pooled buffer, sets
 // its permissions to perm and closes it, without fsync (the store syncs
-// the file system once). It returns an error when the copy, chmod or
-// close fails (a close error on a written file is a write error), when
-// data holds fewer bytes (io.ErrUnexpectedEOF) or when ctx is done.
+// the file system once) but starting writeback of large files as it goes
+// (see writeback). It returns an error when the copy, chmod or close
+// fails (a close error on a written file is a write error), when data
+// holds fewer bytes (io.ErrUnexpectedEOF) or when ctx is done.
 func (t *Tree) fill(ctx context.Context, f *os.File, data io.Reader, size int64, perm fs.FileMode) error {
 	bp := t.buffers.Get().(*[]byte)
 	defer t.buffers.Put(bp)
-	// writerOnly hides (*os.File).ReadFrom, which would copy through a
-	// buffer of its own; the LimitReader bounds the copy by the size
-	// already admitted, though archive/tar bounds it too.
-	n, err := io.CopyBuffer(writerOnly{f}, ctxReader{ctx, io.LimitReader(data, size)}, *bp)
+	// The LimitReader bounds the copy by the size already admitted,
+	// though archive/tar bounds it too.
+	w := &writeback{f: f}
+	n, err := io.CopyBuffer(w, ctxReader{ctx, io.LimitReader(data, size)}, *bp)
+	if n >= writebackMin {
+		w.start()
+	}
 	if err != nil {
 		err = fmt.Errorf("copy file data: %w", err)
 	} else if n != size {
@@ -325,10 +331,45 @@ func (t *Tree) fill(ctx context.Context, f *os.File, data io.Reader, size int64,
 	return err
 }
 
-// writerOnly is an io.Writer and nothing else.
-type writerOnly struct{ w io.Writer }
+// writebackChunk is how many bytes of a file are written before the
+// kernel is asked to start writing them to disk; files under
+// writebackMin are left to the store's syncfs, which flushes many small
+// files together.
+const (
+	writebackChunk = 8 << 20
+	writebackMin   = 1 << 20
+)
 
-func (w writerOnly) Write(p []byte) (int, error) { return w.w.Write(p) }
+// writeback writes to a file, and every writebackChunk bytes asks the
+// kernel to start writing them out (sync_file_range with
+// SYNC_FILE_RANGE_WRITE, which does not wait for the disk), so that the
+// disk works while the image is still being unpacked and the store's one
+// syncfs before the commit finds little left to flush. It is a hint for
+// speed, never for durability: errors starting writeback are ignored, and
+// syncfs reports write errors. It is an io.Writer and nothing else, which
+// also hides (*os.File).ReadFrom, which would copy through a buffer of
+// its own.
+type writeback struct {
+	f                *os.File
+	written, started int64
+}
+
+func (w *writeback) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.written += int64(n)
+	if w.written-w.started >= writebackChunk {
+		w.start()
+	}
+	return n, err
+}
+
+// start starts writeback of what was written since the last start.
+func (w *writeback) start() {
+	if w.written > w.started {
+		_ = unix.SyncFileRange(int(w.f.Fd()), w.started, w.written-w.started, unix.SYNC_FILE_RANGE_WRITE)
+		w.started = w.written
+	}
+}
 
 // ctxReader reads from r until ctx is done, so that cancellation stops a
 // large file's copy too, not only the walk between entries.

@@ -19,8 +19,10 @@ const (
 )
 
 // copyBufferSize is the size of the pooled buffers file data is copied
-// through; no file is ever held in memory whole.
-const copyBufferSize = 1 << 20
+// through; no file is ever held in memory whole. Decompress hands over
+// at most outputBuffer bytes per Read, so a larger buffer would not mean
+// fewer writes.
+const copyBufferSize = outputBuffer
 
 // Limits bound what an image may write, so a hostile one cannot fill the disk.
 //

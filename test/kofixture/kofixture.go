@@ -1,8 +1,9 @@
 // Package kofixture builds small ELF relocatable objects shaped like Linux
 // kernel modules (.ko files) for tests: a compiled C object with a .modinfo
-// section, optionally followed by a module signature trailer and
-// compressed like the kernel's build does. It needs gcc and objcopy, and
-// xz, zstd or gzip for compressed modules; tests skip when they are missing.
+// section, optionally padded to the size of a real driver module, followed
+// by a module signature trailer and compressed like the kernel's build
+// does. It needs gcc and objcopy, and xz, zstd or gzip for compressed
+// modules; tests skip when they are missing.
 package kofixture
 
 import (
@@ -12,6 +13,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,7 +39,16 @@ type Module struct {
 	// xz --check=crc32 --lzma2=dict=1MiB like the kernel), "zstd" (.ko.zst,
 	// zstd -q) or "gzip" (.ko.gz, gzip -n).
 	Compress string
+	// Pad, when positive, adds a section .nvidia_blob of Pad bytes, so
+	// that a module can have the size of a real driver's (nvidia.ko is
+	// 60–90 MB, most of it the driver's binary core).
+	Pad int64
+	// PadFrom supplies the Pad bytes; nil means zeros.
+	PadFrom io.Reader
 }
+
+// padSection is the name of the section Module.Pad adds.
+const padSection = ".nvidia_blob"
 
 // source is the C file compiled into every module.
 const source = `int kofixture_init(void) { return 0; }
@@ -102,6 +113,7 @@ func Write(dir string, m Module) (string, error) {
 	}
 
 	ko := obj
+	var sections []string
 	if m.Fields != nil {
 		info := filepath.Join(scratch, "modinfo")
 		var b bytes.Buffer
@@ -112,15 +124,35 @@ func Write(dir string, m Module) (string, error) {
 		if err := os.WriteFile(info, b.Bytes(), 0o644); err != nil {
 			return "", fmt.Errorf("write .modinfo contents: %w", err)
 		}
-		ko = filepath.Join(scratch, "module.ko")
-		if _, err := run(exec.Command("objcopy",
+		sections = append(sections,
 			"--add-section", ".modinfo="+info,
-			"--set-section-flags", ".modinfo=alloc,readonly",
-			obj, ko)); err != nil {
+			"--set-section-flags", ".modinfo=alloc,readonly")
+	}
+	if m.Pad > 0 {
+		pad := filepath.Join(scratch, "pad")
+		if err := writePad(pad, m.Pad, m.PadFrom); err != nil {
+			return "", err
+		}
+		sections = append(sections,
+			"--add-section", padSection+"="+pad,
+			"--set-section-flags", padSection+"=alloc,readonly,data")
+	}
+	if len(sections) > 0 {
+		ko = filepath.Join(scratch, "module.ko")
+		args := append(sections, obj, ko)
+		if _, err := run(exec.Command("objcopy", args...)); err != nil {
 			return "", err
 		}
 	}
 
+	out := filepath.Join(dir, m.Name+".ko"+suffix)
+	if !m.Sign && compressor == nil {
+		// Streamed rather than read whole: a padded module may be large.
+		if err := copyFile(ko, out); err != nil {
+			return "", fmt.Errorf("write module: %w", err)
+		}
+		return out, nil
+	}
 	data, err := os.ReadFile(ko)
 	if err != nil {
 		return "", fmt.Errorf("read built module: %w", err)
@@ -136,11 +168,48 @@ func Write(dir string, m Module) (string, error) {
 		}
 	}
 
-	out := filepath.Join(dir, m.Name+".ko"+suffix)
 	if err := os.WriteFile(out, data, 0o644); err != nil {
 		return "", fmt.Errorf("write module: %w", err)
 	}
 	return out, nil
+}
+
+// writePad writes n bytes from r (zeros when r is nil) to a new file p.
+func writePad(p string, n int64, r io.Reader) error {
+	f, err := os.Create(p)
+	if err != nil {
+		return fmt.Errorf("write %s contents: %w", padSection, err)
+	}
+	if r == nil {
+		err = f.Truncate(n)
+	} else if _, err = io.CopyN(f, r, n); errors.Is(err, io.EOF) {
+		err = fmt.Errorf("PadFrom ends before %d bytes: %w", n, io.ErrUnexpectedEOF)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s contents: %w", padSection, err)
+	}
+	return nil
+}
+
+// copyFile copies the file from to a new file to, mode 0644.
+func copyFile(from, to string) error {
+	src, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(dst, src)
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // compression returns the file suffix and compressor command line (reading
