@@ -195,6 +195,7 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 	}
 
 	d.notify(d.Notify.Status("activating " + tree))
+	d.Activator.Observe = d.observer(log, tree)
 	act, err := d.Activator.Activate(ctx, facts, tree)
 	if err != nil {
 		if tree != before && !errors.Is(err, engine.ErrRebootNeeded) {
@@ -211,6 +212,23 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 	log.Info("driver activated", systemd.MessageID(systemd.MessageDriverActivated), zap.String("tree", tree),
 		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted))
 	return Outcome{Tree: tree, Driver: plan.Driver}, nil
+}
+
+// observer logs each activation step of tree as started, finished or
+// failed, and names it in STATUS=.
+func (d *Daemon) observer(log *zap.Logger, tree string) func(string, bool, error) {
+	return func(step string, done bool, err error) {
+		l := log.With(zap.String("tree", tree), zap.String("step", step))
+		switch {
+		case !done:
+			l.Info("step started")
+			d.notify(d.Notify.Status(fmt.Sprintf("activating %s: %s", tree, step)))
+		case err != nil:
+			l.Error("step failed", zap.Error(err))
+		default:
+			l.Info("step finished")
+		}
+	}
 }
 
 // fetch downloads the image for the running host, with progress in
@@ -284,6 +302,7 @@ func (d *Daemon) keepPrevious(ctx context.Context, s *store.Store, cause error) 
 				break
 			}
 		}
+		d.Activator.Observe = d.observer(d.Log, p)
 		if _, err := d.Activator.Activate(ctx, facts, p); err == nil {
 			d.Log.Warn("kept the previous driver", zap.String("tree", p), zap.NamedError("cause", cause))
 			return Outcome{Tree: p, Driver: t.Driver}, nil

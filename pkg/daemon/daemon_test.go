@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -374,5 +375,72 @@ func TestRun(t *testing.T) {
 			t.Fatal(err)
 		}
 		n.until(t, "STOPPING=1")
+	})
+}
+
+// loadOld marks driver version v as loaded with the given refcnt on
+// nvidia, as after an install without a reboot.
+func (r *rig) loadOld(t *testing.T, v string, refcnt int) {
+	t.Helper()
+	for _, m := range []string{"nvidia", "nvidia_modeset", "nvidia_uvm", "nvidia_drm"} {
+		dir := filepath.Join(r.root, "sys/module", m)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		if m == "nvidia" {
+			n = refcnt
+		}
+		write(t, r.root, "sys/module/"+m+"/initstate", "live\n")
+		write(t, r.root, "sys/module/"+m+"/version", v+"\n")
+		write(t, r.root, "sys/module/"+m+"/refcnt", fmt.Sprintf("%d\n", n))
+	}
+}
+
+func TestReplaceLoadedDriver(t *testing.T) {
+	t.Run("another version loaded and idle is unloaded, then the new one loads", func(t *testing.T) {
+		listenNotify(t)
+		r := newRig(t, nil)
+		r.publish(t, driver, kernel)
+		r.loadOld(t, "535.161.07", 0)
+		out, err := r.d.Reconcile(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Tree != newTree {
+			t.Fatalf("%+v", out)
+		}
+		if got := r.kernel.loaded(); len(got) != 4 || got[0] != "nvidia" {
+			t.Fatalf("loaded %q", got)
+		}
+		if b, _ := os.ReadFile(filepath.Join(r.root, "sys/module/nvidia/version")); strings.TrimSpace(string(b)) != driver {
+			t.Fatalf("nvidia version now %q", b)
+		}
+	})
+
+	t.Run("another version loaded and in use: reboot needed, nothing changed", func(t *testing.T) {
+		listenNotify(t)
+		r := newRig(t, nil)
+		r.publish(t, driver, kernel)
+		r.loadOld(t, "535.161.07", 3) // a CUDA process holds the GPU
+		before := r.current(t)
+		_, err := r.d.Reconcile(context.Background())
+		if !errors.Is(err, engine.ErrRebootNeeded) {
+			t.Fatalf("Reconcile = %v", err)
+		}
+		if len(r.kernel.loaded()) != 0 {
+			t.Fatalf("loaded %q", r.kernel.loaded())
+		}
+		if b, _ := os.ReadFile(filepath.Join(r.root, "sys/module/nvidia/version")); strings.TrimSpace(string(b)) != "535.161.07" {
+			t.Fatalf("nvidia version now %q", b)
+		}
+		// The new tree is installed and current for the next boot; the
+		// image is not marked bad, since nothing was wrong with it.
+		if r.current(t) == before {
+			t.Fatal("current not switched for the next boot")
+		}
+		if st, _ := store.ReadState(r.root, "/opt/nvidia"); len(st.BadDigests) != 0 {
+			t.Fatalf("state %+v", st)
+		}
 	})
 }

@@ -33,6 +33,21 @@ type Activator struct {
 	Ldconfig []string
 	// Mountinfo overrides the mount table read; "" means the libs default.
 	Mountinfo string
+	// Observe, when set, hears each step start (err nil, done false) and
+	// end (done true, with its error), for the journal.
+	Observe func(step string, done bool, err error)
+}
+
+// step runs fn as the named step, telling Observe.
+func (a *Activator) step(name string, fn func() error) error {
+	if a.Observe != nil {
+		a.Observe(name, false, nil)
+	}
+	err := fn()
+	if a.Observe != nil {
+		a.Observe(name, true, err)
+	}
+	return err
 }
 
 // Activation says what Activate did.
@@ -79,52 +94,81 @@ func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activat
 	cfg := a.Config
 	loaded, driver := f.LoadedVersion(), filepath.Base(filepath.Dir(tree))
 	if loaded != "" && loaded != driver {
-		if err := a.stopPersistenced(ctx); err != nil {
-			return out, err
-		}
-		unloaded, err := kmod.Unload(a.Kernel, a.Root, cfg.Modules)
-		out.Unloaded = unloaded
-		if errors.Is(err, kmod.ErrBusy) {
-			return out, fmt.Errorf("replace nvidia %s with %s: %w: %w", loaded, driver, ErrRebootNeeded, err)
-		}
+		err := a.step("unload", func() error {
+			if err := a.stopPersistenced(ctx); err != nil {
+				return err
+			}
+			unloaded, err := kmod.Unload(a.Kernel, a.Root, cfg.Modules)
+			out.Unloaded = unloaded
+			if errors.Is(err, kmod.ErrBusy) {
+				return fmt.Errorf("replace nvidia %s with %s: %w: %w", loaded, driver, ErrRebootNeeded, err)
+			}
+			if err != nil {
+				return fmt.Errorf("unload nvidia %s: %w", loaded, err)
+			}
+			return nil
+		})
 		if err != nil {
-			return out, fmt.Errorf("unload nvidia %s: %w", loaded, err)
+			return out, err
 		}
 	}
 
-	var err error
-	out.Libs, err = libs.Activate(a.Mounter, libs.Config{
-		Root: a.Root, Store: cfg.Store, Tree: tree, Mode: LibraryMode(cfg.LibraryMode, f),
-		Mountinfo: a.Mountinfo, Ldconfig: a.Ldconfig,
+	err := a.step("libraries", func() error {
+		var err error
+		out.Libs, err = libs.Activate(a.Mounter, libs.Config{
+			Root: a.Root, Store: cfg.Store, Tree: tree, Mode: LibraryMode(cfg.LibraryMode, f),
+			Mountinfo: a.Mountinfo, Ldconfig: a.Ldconfig,
+		})
+		if err != nil {
+			return fmt.Errorf("activate libraries of %s: %w", tree, err)
+		}
+		return nil
 	})
 	if err != nil {
-		return out, fmt.Errorf("activate libraries of %s: %w", tree, err)
+		return out, err
 	}
 
 	fsTree := filepath.Join(a.Root, tree)
-	out.Modules, err = kmod.Load(a.Kernel, kmod.Request{
-		Root: a.Root, Release: f.Kernel.Release, Flags: f.Kernel.Flags,
-		TreeModules: filepath.Join(fsTree, "lib/modules", f.Kernel.Release),
-		Modprobe:    filepath.Join(fsTree, "etc/modprobe.d"),
-		Modules:     cfg.Modules, Params: cfg.ModuleParams,
+	err = a.step("modules", func() error {
+		var err error
+		out.Modules, err = kmod.Load(a.Kernel, kmod.Request{
+			Root: a.Root, Release: f.Kernel.Release, Flags: f.Kernel.Flags,
+			TreeModules: filepath.Join(fsTree, "lib/modules", f.Kernel.Release),
+			Modprobe:    filepath.Join(fsTree, "etc/modprobe.d"),
+			Modules:     cfg.Modules, Params: cfg.ModuleParams,
+		})
+		if err != nil {
+			return fmt.Errorf("load modules of %s: %w", tree, err)
+		}
+		return nil
 	})
 	if err != nil {
-		return out, fmt.Errorf("load modules of %s: %w", tree, err)
+		return out, err
 	}
 
-	gpus := make([]string, len(f.GPUs))
-	for i, g := range f.GPUs {
-		gpus[i] = g.Address
-	}
-	if out.Devices, err = kmod.Devices(a.Root, gpus); err != nil {
-		return out, fmt.Errorf("create device nodes: %w", err)
+	err = a.step("devices", func() error {
+		gpus := make([]string, len(f.GPUs))
+		for i, g := range f.GPUs {
+			gpus[i] = g.Address
+		}
+		var err error
+		if out.Devices, err = kmod.Devices(a.Root, gpus); err != nil {
+			return fmt.Errorf("create device nodes: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return out, err
 	}
 	if cfg.Persistenced != "" && a.Units != nil {
-		if err := a.Units.Start(ctx, cfg.Persistenced); err != nil {
-			return out, fmt.Errorf("start %s: %w", cfg.Persistenced, err)
-		}
+		err = a.step("persistenced", func() error {
+			if err := a.Units.Start(ctx, cfg.Persistenced); err != nil {
+				return fmt.Errorf("start %s: %w", cfg.Persistenced, err)
+			}
+			return nil
+		})
 	}
-	return out, nil
+	return out, err
 }
 
 func (a *Activator) stopPersistenced(ctx context.Context) error {
