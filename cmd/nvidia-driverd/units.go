@@ -1,16 +1,14 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/atomicfile"
 	units "github.com/nvidia-driverd/nvidia-driverd/systemd"
 )
 
@@ -63,49 +61,17 @@ Each file is replaced atomically and left alone when unchanged. Then run:
 	return cmd
 }
 
-// installFile writes data to host path dest atomically (temporary file,
-// fsync, rename, fsync of the directory), leaving an identical file alone.
+// installFile writes data to host path dest atomically, leaving an
+// identical file alone, and says which it did.
 func (g *globals) installFile(dest string, data []byte, mode fs.FileMode) error {
-	p := filepath.Join(g.root, dest)
-	if old, err := os.ReadFile(p); err == nil && bytes.Equal(old, data) {
+	changed, err := atomicfile.Replace(filepath.Join(g.root, dest), data, mode)
+	if err != nil {
+		return fmt.Errorf("install %s: %w", dest, err)
+	}
+	if changed {
+		fmt.Fprintf(g.stdout, "installed %s\n", dest)
+	} else {
 		fmt.Fprintf(g.stdout, "unchanged %s\n", dest)
-		return nil
 	}
-	dir := filepath.Dir(p)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(p)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(f, bytes.NewReader(data))
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), p)
-	}
-	if err != nil {
-		return errors.Join(fmt.Errorf("install %s: %w", dest, err), os.Remove(f.Name()))
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("install %s: sync directory: %w", dest, err)
-	}
-	fmt.Fprintf(g.stdout, "installed %s\n", dest)
 	return nil
 }

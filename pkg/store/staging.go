@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/atomicfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -154,37 +155,8 @@ func (st *Staging) writeMeta(meta Meta) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
 	}
-	if err := writeFileAtomic(st.FSPath(), MetaFile, append(data, '\n'), 0o644); err != nil {
+	if _, err := atomicfile.Replace(filepath.Join(st.FSPath(), MetaFile), append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", p, err)
-	}
-	return nil
-}
-
-// writeFileAtomic writes data to dir/name with mode perm through a
-// temporary file in dir that is fsynced and renamed over name. It returns
-// an error when any step fails, after removing the temporary file.
-func writeFileAtomic(dir, name string, data []byte, perm fs.FileMode) error {
-	f, err := os.CreateTemp(dir, name+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		_ = os.Remove(tmp) // best effort; it is inside a staged tree anyway
-		return err
 	}
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/atomicfile"
 )
 
 // StateFile is the daemon's memory between runs, in the store directory.
@@ -72,8 +74,8 @@ func (s *Store) MarkBad(digest, reason string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(s.fs(s.dir), StateFile, data, 0o644); err != nil {
+	if _, err := atomicfile.Replace(filepath.Join(s.fs(s.dir), StateFile), data, 0o644); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
-	return s.syncDir(s.dir)
+	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/atomicfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -134,18 +135,7 @@ func (s *Store) mkdir(p string, perm fs.FileMode) error {
 // renamed or removed in it durable. It returns an error when p cannot be
 // opened or synced.
 func (s *Store) syncDir(p string) error {
-	fd, err := unix.Open(s.fs(p), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("sync %s: open: %w", p, err)
-	}
-	err = unix.Fsync(fd)
-	if cerr := unix.Close(fd); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", p, err)
-	}
-	return nil
+	return atomicfile.SyncDir(s.fs(p))
 }
 
 // syncFS flushes the whole file system holding p (a host path) with one
