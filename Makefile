@@ -9,7 +9,7 @@ CACHE       ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/nvidia-driverd
 REAL_MODULES := $(CACHE)/real-module
 DISTRIBUTION := $(CACHE)/distribution
 FUZZTIME    ?= 15s
-FUZZ_TARGETS := ./pkg/modinfo:FuzzParse ./pkg/modinfo:FuzzParseFields ./pkg/modinfo:FuzzParseVermagic ./pkg/hostinfo:FuzzParseOSRelease
+FUZZ_TARGETS := ./pkg/modinfo:FuzzParse ./pkg/modinfo:FuzzParseFields ./pkg/modinfo:FuzzParseVermagic ./pkg/hostinfo:FuzzParseOSRelease ./pkg/unpack:FuzzApply
 
 .DEFAULT_GOAL := help
 
