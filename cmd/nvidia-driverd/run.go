@@ -139,3 +139,34 @@ tree that fails to activate is rolled back and its image is not retried.`,
 		},
 	}
 }
+
+func newDeactivateCommand(g *globals) *cobra.Command {
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "deactivate",
+		Short: "Stop using the driver: stop persistenced, unload modules, remove overlays",
+		Long: `Undo 'activate': stop nvidia-persistenced, unload the driver's modules in
+reverse dependency order, detach the library and binary overlays (or remove
+the ld.so.conf.d drop-in) and rerun ldconfig. The store is left as it is.
+When something still uses the GPU, nothing is unloaded and the command says
+so. Stop nvidia-driverd.service first, or it will activate again on reload.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return g.locked(wait, func(ctx context.Context, _ *store.Store) error {
+				act, err := g.activator().Deactivate(ctx)
+				for _, m := range act.Unloaded {
+					fmt.Fprintf(g.stdout, "unloaded %s\n", m)
+				}
+				for _, p := range act.Libs.Detached {
+					fmt.Fprintf(g.stdout, "detached %s\n", p)
+				}
+				if act.Libs.Removed != "" {
+					fmt.Fprintf(g.stdout, "removed %s\n", act.Libs.Removed)
+				}
+				return err
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait for another nvidia-driverd holding the store")
+	return cmd
+}

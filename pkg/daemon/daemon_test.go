@@ -18,6 +18,7 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/publish"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
@@ -52,6 +53,14 @@ func (k *fakeKernel) FinitModule(f *os.File, params string, flags int) error {
 	if errno, ok := k.fail[name]; ok {
 		return errno
 	}
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	info, err := modinfo.Parse(f, st.Size())
+	if err != nil {
+		return err
+	}
 	k.load = append(k.load, name)
 	dir := filepath.Join(k.root, "sys/module", name)
 	for attr, v := range map[string]string{"initstate": "live", "version": driver, "refcnt": "0"} {
@@ -62,10 +71,26 @@ func (k *fakeKernel) FinitModule(f *os.File, params string, flags int) error {
 			return err
 		}
 	}
+	// As the kernel does: each dependency lists this module as a holder.
+	for _, dep := range info.Depends {
+		holders := filepath.Join(k.root, "sys/module", strings.ReplaceAll(dep, "-", "_"), "holders")
+		if err := os.MkdirAll(holders, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(holders, name), nil, 0o644); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
 func (k *fakeKernel) DeleteModule(name string, flags int) error {
+	entries, _ := filepath.Glob(filepath.Join(k.root, "sys/module/*/holders", name))
+	for _, e := range entries {
+		if err := os.Remove(e); err != nil {
+			return err
+		}
+	}
 	return os.RemoveAll(filepath.Join(k.root, "sys/module", name))
 }
 
@@ -441,6 +466,33 @@ func TestReplaceLoadedDriver(t *testing.T) {
 		}
 		if st, _ := store.ReadState(r.root, "/opt/nvidia"); len(st.BadDigests) != 0 {
 			t.Fatalf("state %+v", st)
+		}
+	})
+}
+
+func TestDeactivate(t *testing.T) {
+	t.Run("deactivate unloads the modules and removes the drop-in, keeping the store", func(t *testing.T) {
+		listenNotify(t)
+		r := newRig(t, nil)
+		r.publish(t, driver, kernel)
+		if _, err := r.d.Reconcile(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		act, err := r.d.Activator.Deactivate(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(act.Unloaded) != 4 || act.Unloaded[len(act.Unloaded)-1] != "nvidia" {
+			t.Fatalf("unloaded %q", act.Unloaded)
+		}
+		if _, err := os.Stat(filepath.Join(r.root, "sys/module/nvidia")); !os.IsNotExist(err) {
+			t.Fatalf("nvidia still loaded: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(r.root, "etc/ld.so.conf.d/nvidia-driverd.conf")); !os.IsNotExist(err) {
+			t.Fatalf("drop-in still there: %v", err)
+		}
+		if r.current(t) != newTree {
+			t.Fatalf("current %s", r.current(t))
 		}
 	})
 }

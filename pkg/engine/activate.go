@@ -180,3 +180,36 @@ func (a *Activator) stopPersistenced(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Deactivate undoes Activate: persistenced is stopped, the driver's
+// modules are unloaded in reverse dependency order (nothing is unloaded,
+// and the error wraps ErrRebootNeeded, when something holds the GPU), and
+// the overlays are detached or the ld.so.conf.d drop-in removed, with
+// ldconfig rerun. Device nodes are left: without the module they lead
+// nowhere, and the next activation reuses them.
+func (a *Activator) Deactivate(ctx context.Context) (Activation, error) {
+	var out Activation
+	cfg := a.Config
+	err := a.step("unload", func() error {
+		if err := a.stopPersistenced(ctx); err != nil {
+			return err
+		}
+		unloaded, err := kmod.Unload(a.Kernel, a.Root, cfg.Modules)
+		out.Unloaded = unloaded
+		if errors.Is(err, kmod.ErrBusy) {
+			return fmt.Errorf("unload the driver: %w: %w", ErrRebootNeeded, err)
+		}
+		return err
+	})
+	if err != nil {
+		return out, err
+	}
+	err = a.step("libraries", func() error {
+		var err error
+		out.Libs, err = libs.Deactivate(a.Mounter, libs.Config{
+			Root: a.Root, Store: cfg.Store, Mountinfo: a.Mountinfo, Ldconfig: a.Ldconfig,
+		})
+		return err
+	})
+	return out, err
+}
