@@ -72,3 +72,18 @@ func TestLayout(t *testing.T) {
 		}
 	})
 }
+
+func TestPersistencedUnit(t *testing.T) {
+	t.Run("persistenced is not ordered after the daemon that starts it", func(t *testing.T) {
+		data, _ := Files.ReadFile("nvidia-persistenced.service")
+		if strings.Contains(string(data), "\nAfter=nvidia-driverd.service") {
+			t.Fatal("After=nvidia-driverd.service deadlocks: the daemon waits for this job before READY=1")
+		}
+	})
+	t.Run("persistenced runs from the current tree, whatever the library mode", func(t *testing.T) {
+		data, _ := Files.ReadFile("nvidia-persistenced.service")
+		if !strings.Contains(string(data), "\nExecStart=/opt/nvidia/current/bin/nvidia-persistenced ") {
+			t.Fatal("ExecStart must use /opt/nvidia/current/bin")
+		}
+	})
+}

@@ -284,7 +284,11 @@ func (g *globals) install(ctx context.Context, s *store.Store, activate bool) er
 	if err != nil {
 		return err
 	}
-	d := engine.Plan(facts, cfg, engine.State{})
+	st, err := store.ReadState(g.root, cfg.Store)
+	if err != nil {
+		return err
+	}
+	d := engine.Plan(facts, cfg, engine.State{BadDigests: st.Reasons()})
 	g.log.Info("planned", zap.String("action", string(d.Action)), zap.String("reason", d.Reason))
 	tree := d.Tree
 	switch d.Action {

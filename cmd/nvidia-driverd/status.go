@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 )
 
 func newStatusCommand(g *globals) *cobra.Command {
@@ -74,7 +75,11 @@ func (g *globals) report() (engine.Report, error) {
 	if err != nil {
 		return engine.Report{}, err
 	}
-	d := engine.Plan(facts, cfg, engine.State{})
+	st, err := store.ReadState(g.root, cfg.Store)
+	if err != nil {
+		return engine.Report{}, err
+	}
+	d := engine.Plan(facts, cfg, engine.State{BadDigests: st.Reasons()})
 	g.log.Debug("planned", zap.String("action", string(d.Action)), zap.String("reason", d.Reason),
 		zap.String("kernel", facts.Kernel.Release), zap.String("root", g.root))
 	return engine.NewReport(facts, cfg, d), nil

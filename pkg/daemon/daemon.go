@@ -186,7 +186,11 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 		if _, err := s.Switch(tree); err != nil {
 			return Outcome{}, err
 		}
-		log.Info("driver switched", systemd.MessageID(systemd.MessageDriverSwitched), zap.String("from", before), zap.String("to", tree))
+		if before == "" {
+			log.Info("driver installed", zap.String("to", tree))
+		} else {
+			log.Info("driver switched", systemd.MessageID(systemd.MessageDriverSwitched), zap.String("from", before), zap.String("to", tree))
+		}
 	}
 	if tree == "" {
 		// The wanted driver is loaded but not from the store: nothing of
@@ -198,7 +202,15 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 	d.Activator.Observe = d.observer(log, tree)
 	act, err := d.Activator.Activate(ctx, facts, tree)
 	if err != nil {
-		if tree != before && !errors.Is(err, engine.ErrRebootNeeded) {
+		if errors.Is(err, engine.ErrRebootNeeded) {
+			return Outcome{}, err // the old driver is untouched and in use
+		}
+		// Leave nothing of the failed tree in use: modules it loaded,
+		// overlays or drop-in it put up.
+		if _, derr := d.Activator.Deactivate(ctx); derr != nil {
+			log.Error("undo failed activation", zap.String("tree", tree), zap.Error(derr))
+		}
+		if tree != before {
 			d.rollback(s, tree, before, err)
 		}
 		return Outcome{}, err

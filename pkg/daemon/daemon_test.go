@@ -346,14 +346,23 @@ func TestRun(t *testing.T) {
 		listenNotify(t)
 		r := newRig(t, nil)
 		r.publish(t, driver, kernel)
-		r.kernel.fail = map[string]syscall.Errno{"nvidia": syscall.ENODEV}
+		// nvidia and nvidia_modeset load, then nvidia_drm fails.
+		r.kernel.fail = map[string]syscall.Errno{"nvidia_drm": syscall.ENODEV}
 		before := r.current(t)
 		_, err := r.d.Reconcile(context.Background())
-		if err == nil || !strings.Contains(err.Error(), "load module nvidia") {
+		if err == nil || !strings.Contains(err.Error(), "load module nvidia_drm") {
 			t.Fatalf("Reconcile = %v", err)
 		}
 		if r.current(t) != before {
 			t.Fatalf("current %s, want it rolled back to %s", r.current(t), before)
+		}
+		for _, m := range []string{"nvidia", "nvidia_modeset"} {
+			if _, err := os.Stat(filepath.Join(r.root, "sys/module", m)); !os.IsNotExist(err) {
+				t.Errorf("%s of the failed tree is still loaded", m)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(r.root, "etc/ld.so.conf.d/nvidia-driverd.conf")); !os.IsNotExist(err) {
+			t.Errorf("the failed tree's drop-in is still there: %v", err)
 		}
 		st, err := store.ReadState(r.root, "/opt/nvidia")
 		if err != nil || len(st.BadDigests) != 1 {
