@@ -70,6 +70,10 @@ demo: deps build ## Show status and plan on sample hosts, then publish and insta
 e2e: build ## Run the built binary end to end against fixture hosts
 	NVIDIA_DRIVERD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 ./test/...
 
+.PHONY: e2e-vm
+e2e-vm: ## Boot a Debian VM (qemu, no KVM needed) and run the end-to-end scenarios in it (root)
+	bash test/e2e/run-e2e.sh
+
 .PHONY: ci
 ci: check-tidy lint test e2e ## Everything CI runs
 

@@ -1,0 +1,68 @@
+#!/bin/bash
+# build-driver.sh RELEASE OUT: stub modules for kernel RELEASE (Kbuild
+# against the exact linux-headers-RELEASE, cached), laid out in driver trees
+# under OUT:
+#   OUT/tree          a driver tree as a driver build leaves it: four stub
+#                     modules, libcuda/libnvidia-ml with SONAMEs, nvidia-smi
+#                     and nvidia-persistenced stubs, firmware, modprobe.d
+#   OUT/tree-badmagic the same modules with their vermagic release rewritten
+#                     (same length, so only the string differs): a kernel
+#                     with CONFIG_MODVERSIONS would still load them
+. "$(dirname "$0")/lib.sh"
+[ $# = 2 ] || die "usage: build-driver.sh RELEASE OUT"
+release=$1 out=$2
+need "linux-headers-$release" gcc make
+k=$(key "$release" "$E2E_DIR"/stubko/* v1)
+ko=$CACHE/stubko-$k
+if [ ! -s "$ko/nvidia.ko" ]; then
+	log "building stub modules for $release"
+	rm -rf "$ko.tmp"
+	cp -r "$E2E_DIR/stubko" "$ko.tmp"
+	make -s -C "/usr/src/linux-headers-$release" M="$ko.tmp" modules >&2 2> >(grep -v 'Skipping BTF' >&2)
+	rm -rf "$ko"
+	mv "$ko.tmp" "$ko"
+fi
+
+tree() { # tree DIR KO_DIR
+	local t=$1 m lib
+	rm -rf "$t"
+	mkdir -p "$t/lib/modules/$release/video" "$t/lib64" "$t/bin" "$t/firmware/nvidia/$DRIVER_VERSION" "$t/etc/modprobe.d"
+	for m in nvidia nvidia-modeset nvidia-uvm nvidia-drm; do
+		install -m 0644 "$2/$m.ko" "$t/lib/modules/$release/video/$m.ko"
+	done
+	for lib in libcuda.so libnvidia-ml.so; do
+		echo "const char nvidia_e2e_stub[] = \"$DRIVER_VERSION\";" |
+			gcc -shared -fPIC -nostdlib -Wl,-soname,$lib.1 -o "$t/lib64/$lib.$DRIVER_VERSION" -x c -
+		ln -s "$lib.$DRIVER_VERSION" "$t/lib64/$lib.1"
+	done
+	printf '#!/bin/sh\necho "NVIDIA-SMI stub  Driver Version: $(cat /sys/module/nvidia/version)"\n' >"$t/bin/nvidia-smi"
+	# nvidia-persistenced.service is Type=forking with a PIDFile.
+	cat >"$t/bin/nvidia-persistenced" <<'STUB'
+#!/bin/sh
+# nvidia-persistenced stand-in: daemonizes and leaves its pid file.
+mkdir -p /run/nvidia-persistenced
+sleep infinity </dev/null >/dev/null 2>&1 &
+echo $! >/run/nvidia-persistenced/nvidia-persistenced.pid
+STUB
+	chmod 0755 "$t/bin/"*
+	echo "stub firmware" >"$t/firmware/nvidia/$DRIVER_VERSION/gsp.bin"
+	# The config's module-params (NVreg_EnableMSI=1) must win over this.
+	echo "options nvidia NVreg_EnableMSI=0" >"$t/etc/modprobe.d/nvidia.conf"
+}
+
+mkdir -p "$out"
+tree "$out/tree" "$ko"
+
+# A release string of the same length that is not the kernel's.
+fake=$(echo "$release" | sed -E 's/^([0-9]+\.[0-9]+\.[0-9]+-)([0-9])/\1X/; s/X/9/')
+[ "$fake" != "$release" ] || fake=$(echo "$release" | sed -E 's/^([0-9]+\.[0-9]+\.[0-9]+-)9/\18/')
+[ "${#fake}" = "${#release}" ] && [ "$fake" != "$release" ] || die "cannot make a fake release from $release"
+bad=$out/ko-badmagic
+rm -rf "$bad"
+cp -r "$ko" "$bad"
+for f in "$bad"/*.ko; do
+	FROM="vermagic=$release " TO="vermagic=$fake " perl -0777 -pi -e 's/\Q$ENV{FROM}\E/$ENV{TO}/ or die "no vermagic in $ARGV\n"' "$f"
+done
+tree "$out/tree-badmagic" "$bad"
+echo "$fake" >"$out/fake-release"
+log "driver trees in $out (bad vermagic: $fake)"

@@ -1,0 +1,132 @@
+#!/bin/sh
+# Runs inside the guest as e2e.service, after nvidia-driverd.service and
+# kubelet.service have settled. Scenario name in /mnt/share/scenario.
+# Prints "ok - ..." / "not ok - ..." lines, "info ..." lines and a final
+# "RESULT pass|fail"; leaves journals and status on the share.
+S=/mnt/share
+scenario=$(cat $S/scenario)
+rel=$(uname -r)
+fails=0
+ok() { echo "ok - $*"; }
+nok() { echo "not ok - $*"; fails=$((fails + 1)); }
+check() { # check DESCRIPTION COMMAND...
+	d=$1; shift
+	if "$@" >/dev/null 2>&1; then ok "$d"; else nok "$d"; fi
+}
+eq() { # eq DESCRIPTION GOT WANT
+	if [ "$2" = "$3" ]; then ok "$1 ($2)"; else nok "$1: got '$2', want '$3'"; fi
+}
+prop() { systemctl show -p "$2" --value "$1"; }
+
+echo "info scenario=$scenario kernel=$rel"
+# E2E_HOLD: let restarts (RestartSec=15s) happen before looking.
+if [ -f $S/hold ]; then sleep "$(cat $S/hold)"; fi
+echo "info driverd: NRestarts=$(prop nvidia-driverd NRestarts)"
+journalctl -b -o short-monotonic -u nvidia-driverd >$S/journal-driverd.txt 2>&1
+journalctl -b -o short-monotonic >$S/journal.txt 2>&1
+journalctl -b -o export -u nvidia-driverd >$S/journal-driverd.export 2>&1
+/opt/bin/nvidia-driverd status --json >$S/status.json 2>$S/status.stderr
+status_rc=$?
+cp /var/lib/e2e/kubelet.txt $S/kubelet.txt 2>/dev/null
+cp /opt/nvidia/state.json $S/state.json 2>/dev/null
+findmnt -rn >$S/mounts.txt 2>&1
+echo "info driverd: ActiveState=$(prop nvidia-driverd ActiveState) SubState=$(prop nvidia-driverd SubState) Result=$(prop nvidia-driverd Result)"
+echo "info driverd: StatusText=$(prop nvidia-driverd StatusText)"
+echo "info store: $(cd /opt/nvidia 2>/dev/null && for l in current previous; do [ -L $l ] && printf '%s -> %s; ' $l "$(readlink $l)"; done)"
+echo "info overlays: $(findmnt -rn -t overlay -o TARGET,OPTIONS | tr '\n' ' ')"
+
+# Microseconds from the daemon's start to READY=1 (the unit becoming active).
+ready_time() {
+	if [ "$(prop nvidia-driverd ActiveState)" != active ]; then return; fi
+	start=$(prop nvidia-driverd ExecMainStartTimestampMonotonic)
+	ready=$(prop nvidia-driverd ActiveEnterTimestampMonotonic)
+	echo "info ready_ms=$(( (ready - start) / 1000 ))"
+	echo "info boot_to_ready_ms=$(( ready / 1000 ))"
+}
+
+driver_usable() {
+	eq "nvidia-driverd.service is active" "$(prop nvidia-driverd ActiveState)" active
+	st=$(prop nvidia-driverd StatusText)
+	if [ -n "$st" ]; then ok "status text: $st"; else nok "no STATUS= text"; fi
+	eq "/sys/module/nvidia/version" "$(cat /sys/module/nvidia/version 2>&1)" 550.54.14
+	for m in nvidia_modeset nvidia_uvm nvidia_drm; do
+		eq "$m loaded" "$(cat /sys/module/$m/initstate 2>&1)" live
+	done
+	eq "module-params NVreg_EnableMSI (config wins over the tree's modprobe.d)" \
+		"$(cat /sys/module/nvidia/parameters/NVreg_EnableMSI 2>&1)" 1
+	# No GPU in the VM, so no /dev/nvidiaN.
+	for d in nvidiactl nvidia-modeset nvidia-uvm nvidia-uvm-tools; do
+		if [ -c /dev/$d ]; then ok "/dev/$d is a character device ($(stat -c '%t:%T' /dev/$d))"; else nok "/dev/$d missing"; fi
+	done
+	if ldconfig -p | grep -q 'libnvidia-ml.so.1 '; then
+		ok "ldconfig -p: $(ldconfig -p | grep 'libnvidia-ml.so.1 ' | sed 's/^[[:space:]]*//')"
+	else
+		nok "libnvidia-ml.so.1 not in ldconfig -p"
+	fi
+	check "libcuda.so.1 in ldconfig -p" sh -c "ldconfig -p | grep -q 'libcuda.so.1 '"
+	# library-mode ldconfig exposes only the libraries: binaries stay in
+	# the tree (/opt/nvidia/current/bin); overlay puts them on /opt/bin.
+	if grep -q '^library-mode: overlay' /etc/nvidia-driverd/config.yaml; then smi=/opt/bin/nvidia-smi; else smi=/opt/nvidia/current/bin/nvidia-smi; fi
+	if out=$($smi 2>&1); then ok "$smi runs: $out"; else nok "$smi: $out"; fi
+	echo "info /opt/bin holds: $(ls /opt/bin | tr '\n' ' ')"
+	eq "kubelet saw /dev/nvidiactl" "$(grep nvidiactl= /var/lib/e2e/kubelet.txt 2>&1)" nvidiactl=yes
+	eq "kubelet saw the driver version" "$(grep version= /var/lib/e2e/kubelet.txt 2>&1)" version=550.54.14
+	eq "kubelet saw nvidia-driverd active" "$(grep driverd= /var/lib/e2e/kubelet.txt 2>&1)" driverd=active
+	if grep -q '^persistenced: ""' /etc/nvidia-driverd/config.yaml; then
+		echo "info persistenced disabled in config.yaml"
+	else
+		eq "nvidia-persistenced.service active" "$(prop nvidia-persistenced ActiveState)" active
+	fi
+	n=$(journalctl -b -u nvidia-driverd MESSAGE_ID=3ea548b9b02cbfb5d41b082b5d85481b -o cat | wc -l)
+	if [ "$n" -ge 1 ]; then ok "journal: $n 'driver activated' entry (MESSAGE_ID=3ea548b9...)"; else nok "journal: no 'driver activated' MESSAGE_ID entry"; fi
+	eq "status --json exit status" "$status_rc" 0
+	check "status --json plan.action none" grep -Eq '"action": *"none"' $S/status.json
+	check "status --json driver.loaded 550.54.14" grep -Eq '"loaded": *"550.54.14"' $S/status.json
+}
+
+case $scenario in
+first-boot)
+	driver_usable
+	check "tree installed under /opt/nvidia/550.54.14" test -d /opt/nvidia/550.54.14
+	check "/opt/nvidia/current points into the store" test -L /opt/nvidia/current
+	ready_time
+	;;
+reboot)
+	check "no layout on the share" test ! -e $S/layout
+	driver_usable
+	if grep -Eqi 'pull|fetch|download' $S/journal-driverd.txt; then
+		nok "journal mentions a download on the second boot: $(grep -Ei 'pull|fetch|download' $S/journal-driverd.txt | head -1)"
+	else
+		ok "no download on the second boot"
+	fi
+	ready_time
+	;;
+badmagic)
+	eq "nvidia not loaded" "$(test -e /sys/module/nvidia && echo loaded || echo absent)" absent
+	state=$(prop nvidia-driverd ActiveState)
+	if [ "$state" != active ]; then ok "nvidia-driverd not ready ($state/$(prop nvidia-driverd SubState))"; else nok "nvidia-driverd became active"; fi
+	eq "kubelet did not start (Requires=)" "$(prop kubelet ActiveState)" inactive
+	check "no /dev/nvidiactl" test ! -e /dev/nvidiactl
+	check "status --json: the installed tree does not match the kernel" grep -Eq '"matches_kernel": *false' $S/status.json
+	if grep -q "vermagic release .*$(cat $S/fake-release)" $S/status.json; then
+		ok "status --json names the module's release $(cat $S/fake-release) as the problem"
+	else
+		nok "status --json does not name the module's release $(cat $S/fake-release)"
+	fi
+	n=$(journalctl -b -u nvidia-driverd MESSAGE_ID=3ea548b9b02cbfb5d41b082b5d85481b -o cat | wc -l)
+	eq "no 'driver activated' entry" "$n" 0
+	# The point of the daemon's own check: this kernel (CONFIG_MODVERSIONS)
+	# would have loaded the module anyway.
+	ko=$(ls /opt/nvidia/*/*/lib/modules/$rel/video/nvidia.ko | head -1)
+	if out=$(insmod "$ko" 2>&1); then
+		ok "the kernel itself accepts the mismatched module (insmod $ko); vermagic $(cat /sys/module/nvidia/version 2>/dev/null)"
+		rmmod nvidia
+	else
+		nok "insmod of the mismatched module failed, so the scenario proves nothing: $out"
+	fi
+	;;
+*)
+	nok "unknown scenario $scenario"
+	;;
+esac
+if [ $fails = 0 ]; then echo "RESULT pass"; else echo "RESULT fail ($fails)"; fi
