@@ -94,20 +94,8 @@ func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activat
 	cfg := a.Config
 	loaded, driver := f.LoadedVersion(), filepath.Base(filepath.Dir(tree))
 	if loaded != "" && loaded != driver {
-		err := a.step("unload", func() error {
-			if err := a.stopPersistenced(ctx); err != nil {
-				return err
-			}
-			unloaded, err := kmod.Unload(a.Kernel, a.Root, cfg.Modules)
-			out.Unloaded = unloaded
-			if errors.Is(err, kmod.ErrBusy) {
-				return fmt.Errorf("replace nvidia %s with %s: %w: %w", loaded, driver, ErrRebootNeeded, err)
-			}
-			if err != nil {
-				return fmt.Errorf("unload nvidia %s: %w", loaded, err)
-			}
-			return nil
-		})
+		var err error
+		out.Unloaded, err = a.unload(ctx, fmt.Sprintf("replace nvidia %s with %s", loaded, driver))
 		if err != nil {
 			return out, err
 		}
@@ -171,6 +159,29 @@ func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activat
 	return out, err
 }
 
+// unload is the "unload" step: stop persistenced, then unload the
+// driver's modules in reverse dependency order. what names the purpose in
+// errors; a GPU still in use gives an error wrapping ErrRebootNeeded, with
+// nothing unloaded.
+func (a *Activator) unload(ctx context.Context, what string) ([]string, error) {
+	var unloaded []string
+	err := a.step("unload", func() error {
+		if err := a.stopPersistenced(ctx); err != nil {
+			return err
+		}
+		var err error
+		unloaded, err = kmod.Unload(a.Kernel, a.Root, a.Config.Modules)
+		if errors.Is(err, kmod.ErrBusy) {
+			return fmt.Errorf("%s: %w: %w", what, ErrRebootNeeded, err)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	})
+	return unloaded, err
+}
+
 func (a *Activator) stopPersistenced(ctx context.Context) error {
 	if a.Config.Persistenced == "" || a.Units == nil {
 		return nil
@@ -190,17 +201,8 @@ func (a *Activator) stopPersistenced(ctx context.Context) error {
 func (a *Activator) Deactivate(ctx context.Context) (Activation, error) {
 	var out Activation
 	cfg := a.Config
-	err := a.step("unload", func() error {
-		if err := a.stopPersistenced(ctx); err != nil {
-			return err
-		}
-		unloaded, err := kmod.Unload(a.Kernel, a.Root, cfg.Modules)
-		out.Unloaded = unloaded
-		if errors.Is(err, kmod.ErrBusy) {
-			return fmt.Errorf("unload the driver: %w: %w", ErrRebootNeeded, err)
-		}
-		return err
-	})
+	var err error
+	out.Unloaded, err = a.unload(ctx, "unload the driver")
 	if err != nil {
 		return out, err
 	}
