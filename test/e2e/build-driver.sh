@@ -8,6 +8,8 @@
 #   OUT/tree-badmagic the same modules with their vermagic release rewritten
 #                     (same length, so only the string differs): a kernel
 #                     with CONFIG_MODVERSIONS would still load them
+#   OUT/tree-broken   driver BROKEN_VERSION whose nvidia.ko fails init
+#                     (its modprobe.d sets the stub's e2e_fail_init=1)
 . "$(dirname "$0")/lib.sh"
 [ $# = 2 ] || die "usage: build-driver.sh RELEASE OUT"
 release=$1 out=$2
@@ -23,8 +25,8 @@ if [ ! -s "$ko/nvidia.ko" ]; then
 	mv "$ko.tmp" "$ko"
 fi
 
-tree() { # tree DIR KO_DIR
-	local t=$1 m lib
+tree() { # tree DIR KO_DIR [DRIVER_VERSION]
+	local t=$1 m lib DRIVER_VERSION=${3:-$DRIVER_VERSION}
 	rm -rf "$t"
 	mkdir -p "$t/lib/modules/$release/video" "$t/lib64" "$t/bin" "$t/firmware/nvidia/$DRIVER_VERSION" "$t/etc/modprobe.d"
 	for m in nvidia nvidia-modeset nvidia-uvm nvidia-drm; do
@@ -65,4 +67,15 @@ for f in "$bad"/*.ko; do
 done
 tree "$out/tree-badmagic" "$bad"
 echo "$fake" >"$out/fake-release"
+
+# A newer driver that loads but fails to initialise: the version string is
+# rewritten in place (same length) and the tree's options make init fail.
+broken=$out/ko-broken
+rm -rf "$broken"
+cp -r "$ko" "$broken"
+for f in "$broken"/*.ko; do
+	FROM="version=$DRIVER_VERSION" TO="version=$BROKEN_VERSION" perl -0777 -pi -e 's/\Q$ENV{FROM}\E/$ENV{TO}/g' "$f"
+done
+tree "$out/tree-broken" "$broken" "$BROKEN_VERSION"
+echo "options nvidia NVreg_EnableMSI=0 e2e_fail_init=1" >"$out/tree-broken/etc/modprobe.d/nvidia.conf"
 log "driver trees in $out (bad vermagic: $fake)"

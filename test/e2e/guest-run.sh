@@ -125,6 +125,22 @@ badmagic)
 		nok "insmod of the mismatched module failed, so the scenario proves nothing: $out"
 	fi
 	;;
+rollback)
+	broken=$(cat $S/broken-version)
+	eq "nvidia-driverd.service is active (keep-previous)" "$(prop nvidia-driverd ActiveState)" active
+	eq "the working driver is loaded again" "$(cat /sys/module/nvidia/version 2>&1)" 550.54.14
+	eq "current points back at the working tree" "$(readlink /opt/nvidia/current)" "550.54.14/$rel"
+	check "the broken tree was installed before it was tried" test -d /opt/nvidia/$broken/$rel
+	check "its image digest is remembered as bad" grep -q '"sha256:' /opt/nvidia/state.json
+	n=$(journalctl -b -u nvidia-driverd MESSAGE_ID=c526509b79eaf661b2e558bb11da9cbe -o cat | wc -l)
+	if [ "$n" -ge 1 ]; then ok "'activation failed' logged ($n)"; else nok "no 'activation failed' entry"; fi
+	if journalctl -b -u nvidia-driverd -o verbose | grep -q "ERROR=.*load module nvidia: .*no NVIDIA GPU the module can drive"; then
+		ok "the failure names the module and the kernel's error"
+	else
+		nok "the failure does not name the module and ENODEV's meaning"
+	fi
+	eq "kubelet started on the kept driver" "$(prop kubelet ActiveState)" active
+	;;
 *)
 	nok "unknown scenario $scenario"
 	;;

@@ -5,6 +5,7 @@ E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$E2E_DIR/../.." && pwd)
 CACHE=${E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nvidia-driverd/e2e}
 DRIVER_VERSION=550.54.14
+BROKEN_VERSION=560.35.03 # same length: version strings are rewritten in place
 SUITE=bookworm
 MIRROR=${E2E_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${E2E_SECURITY_MIRROR:-http://deb.debian.org/debian-security}

@@ -24,13 +24,14 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86 perl
 scenarios=()
-for a in "${@:-first-boot reboot badmagic}"; do
+for a in "${@:-first-boot reboot badmagic rollback}"; do
 	for s in $a; do
 		case $s in
 		1 | first-boot) scenarios+=(first-boot) ;;
 		2 | reboot) scenarios+=(reboot) ;;
 		7 | badmagic) scenarios+=(badmagic) ;;
-		*) die "unknown scenario $s (first-boot, reboot, badmagic)" ;;
+		8 | rollback) scenarios+=(rollback) ;;
+		*) die "unknown scenario $s (first-boot, reboot, badmagic, rollback)" ;;
 		esac
 	done
 done
@@ -46,9 +47,11 @@ mkdir -p "$run"
 tag="debian12-$release-$DRIVER_VERSION"
 log "setup done in $(( $(date +%s) - t0 )) s (image $image, kernel $release)"
 
-# share NAME: a fresh host directory for the guest's /mnt/share.
+# share NAME [DRIVER [POLICY]]: a fresh host directory for the guest's
+# /mnt/share, with the guest's config wanting DRIVER under failure-policy
+# POLICY.
 share() {
-	local s=$run/share-$1
+	local s=$run/share-$1 want=${2:-$DRIVER_VERSION} policy=${3:-fail}
 	rm -rf "$s"
 	mkdir -p "$s"
 	cp "$bin" "$s/nvidia-driverd"
@@ -56,7 +59,8 @@ share() {
 	[ -z "${E2E_DEBUG_JOBS:-}" ] || echo "$E2E_DEBUG_JOBS" >"$s/debug-jobs"
 	[ -z "${E2E_HOLD:-}" ] || echo "$E2E_HOLD" >"$s/hold"
 	cat >"$s/config.yaml" <<-YAML
-	driver-version: $DRIVER_VERSION
+	driver-version: $want
+	failure-policy: $policy
 	source: oci-layout:/mnt/share/layout
 	tag-template: "{{.OSID}}{{.OSVersion}}-{{.KernelRelease}}-{{.DriverVersion}}"
 	require-gpu: false
@@ -105,35 +109,51 @@ report() { # report NAME STATUS
 	fi
 }
 
-publish() { # publish TREE LAYOUT
+publish() { # publish TREE LAYOUT [DRIVER]
+	local driver=${3:-$DRIVER_VERSION}
 	"$bin" publish --from "$1" --os debian --os-version 12 --kernel-release "$release" \
-		--driver "$DRIVER_VERSION" --mtime 0 --oci-layout "$2" "$tag" >/dev/null
+		--driver "$driver" --mtime 0 --oci-layout "$2" "debian12-$release-$driver" >/dev/null
+}
+
+# first_boot: boot a copy of the pristine disk that installs the driver;
+# reboot and rollback continue on that disk.
+first_boot() {
+	s=$(share first-boot)
+	publish "$run/driver/tree" "$s/layout"
+	cp --sparse=always "$image/disk.img" "$run/disk-pair.img"
+	boot "$run/disk-pair.img" "$s" first-boot && st=0 || st=1
+	report first-boot $st
+	pair_done=1
 }
 
 pair_done=
 for sc in "${scenarios[@]}"; do
 	case $sc in
 	first-boot)
-		s=$(share first-boot)
-		publish "$run/driver/tree" "$s/layout"
-		cp --sparse=always "$image/disk.img" "$run/disk-pair.img"
-		boot "$run/disk-pair.img" "$s" first-boot && st=0 || st=1
-		report first-boot $st
-		pair_done=1
+		first_boot
 		;;
 	reboot)
 		if [ -z "$pair_done" ]; then
 			log "reboot needs first-boot's disk: running first-boot first"
-			s=$(share first-boot)
-			publish "$run/driver/tree" "$s/layout"
-			cp --sparse=always "$image/disk.img" "$run/disk-pair.img"
-			boot "$run/disk-pair.img" "$s" first-boot && st=0 || st=1
-			report first-boot $st
-			pair_done=1
+			first_boot
 		fi
 		s=$(share reboot)
 		boot "$run/disk-pair.img" "$s" reboot && st=0 || st=1
 		report reboot $st
+		;;
+	rollback)
+		if [ -z "$pair_done" ]; then
+			log "rollback needs first-boot's disk: running first-boot first"
+			first_boot
+		fi
+		# The config now wants a newer driver whose nvidia.ko fails init:
+		# it is fetched, switched to, fails, is undone and rolled back, and
+		# keep-previous brings the working driver back in the same boot.
+		s=$(share rollback "$BROKEN_VERSION" keep-previous)
+		publish "$run/driver/tree-broken" "$s/layout" "$BROKEN_VERSION"
+		echo "$BROKEN_VERSION" >"$s/broken-version"
+		boot "$run/disk-pair.img" "$s" rollback snapshot && st=0 || st=1
+		report rollback $st
 		;;
 	badmagic)
 		s=$(share badmagic)

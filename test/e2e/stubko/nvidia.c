@@ -5,6 +5,9 @@
 #include <linux/init.h>
 
 static int NVreg_EnableMSI = -1;
+static int e2e_fail_init;
+module_param(e2e_fail_init, int, 0444);
+MODULE_PARM_DESC(e2e_fail_init, "stub: make init fail with -ENODEV, as a driver that cannot probe");
 module_param(NVreg_EnableMSI, int, 0444);
 MODULE_PARM_DESC(NVreg_EnableMSI, "stub: recorded, not used");
 
@@ -16,6 +19,8 @@ EXPORT_SYMBOL(nvidia_e2e_stub_ping);
 
 static int __init nvidia_e2e_init(void)
 {
+	if (e2e_fail_init)
+		return -ENODEV;
 	pr_info("nvidia e2e stub loaded, NVreg_EnableMSI=%d\n", NVreg_EnableMSI);
 	return 0;
 }
