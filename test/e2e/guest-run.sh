@@ -125,6 +125,19 @@ badmagic)
 		nok "insmod of the mismatched module failed, so the scenario proves nothing: $out"
 	fi
 	;;
+noimage)
+	wanted=$(cat $S/wanted-version)
+	state=$(prop nvidia-driverd ActiveState)
+	if [ "$state" != active ]; then ok "nvidia-driverd not ready ($state/$(prop nvidia-driverd SubState))"; else nok "nvidia-driverd became active"; fi
+	st=$(prop nvidia-driverd StatusText)
+	case $st in
+	*"has no image tagged debian12-$rel-$wanted"*) ok "status text says why: $st" ;;
+	*) nok "status text does not name the missing tag debian12-$rel-$wanted: '$st'" ;;
+	esac
+	eq "kubelet did not start (Requires=)" "$(prop kubelet ActiveState)" inactive
+	eq "nvidia not loaded" "$(test -e /sys/module/nvidia && echo loaded || echo absent)" absent
+	check "nothing became current" test ! -e /opt/nvidia/current
+	;;
 rollback)
 	broken=$(cat $S/broken-version)
 	eq "nvidia-driverd.service is active (keep-previous)" "$(prop nvidia-driverd ActiveState)" active

@@ -24,14 +24,15 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86 perl
 scenarios=()
-for a in "${@:-first-boot reboot badmagic rollback}"; do
+for a in "${@:-first-boot reboot noimage badmagic rollback}"; do
 	for s in $a; do
 		case $s in
 		1 | first-boot) scenarios+=(first-boot) ;;
 		2 | reboot) scenarios+=(reboot) ;;
 		7 | badmagic) scenarios+=(badmagic) ;;
+		5 | noimage) scenarios+=(noimage) ;;
 		8 | rollback) scenarios+=(rollback) ;;
-		*) die "unknown scenario $s (first-boot, reboot, badmagic, rollback)" ;;
+		*) die "unknown scenario $s (first-boot, reboot, noimage, badmagic, rollback)" ;;
 		esac
 	done
 done
@@ -154,6 +155,16 @@ for sc in "${scenarios[@]}"; do
 		echo "$BROKEN_VERSION" >"$s/broken-version"
 		boot "$run/disk-pair.img" "$s" rollback snapshot && st=0 || st=1
 		report rollback $st
+		;;
+	noimage)
+		# Nothing installed, and the only image in reach is for another
+		# driver: failure-policy fail must keep kubelet from starting.
+		s=$(share noimage)
+		publish "$run/driver/tree" "$s/layout"
+		echo "$BROKEN_VERSION" >"$s/wanted-version"
+		sed -i "s/^driver-version: .*/driver-version: $BROKEN_VERSION/" "$s/config.yaml"
+		boot "$image/disk.img" "$s" noimage snapshot && st=0 || st=1
+		report noimage $st
 		;;
 	badmagic)
 		s=$(share badmagic)
