@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
 )
 
@@ -160,10 +161,10 @@ var keys = []key{
 				if !moduleNameRE.MatchString(m) {
 					return fmt.Errorf("%q is not a module name", m)
 				}
-				if seen[canonicalModule(m)] {
+				if seen[modinfo.KernelName(m)] {
 					return fmt.Errorf("module %q is listed twice", m)
 				}
-				seen[canonicalModule(m)] = true
+				seen[modinfo.KernelName(m)] = true
 			}
 			c.Modules = raw
 			return nil
@@ -344,7 +345,7 @@ var keys = []key{
 						return fmt.Errorf("parameter %q of %s: want key=value", p, mod)
 					}
 				}
-				params[canonicalModule(mod)] = strings.Join(strings.Fields(value), " ")
+				params[modinfo.KernelName(mod)] = strings.Join(strings.Fields(value), " ")
 			}
 			c.ModuleParams = params
 			return nil
@@ -414,10 +415,4 @@ func splitList(s string) []string {
 		}
 	}
 	return out
-}
-
-// canonicalModule is the kernel's name for a module: dashes and underscores
-// are interchangeable in module names, and the kernel reports underscores.
-func canonicalModule(name string) string {
-	return strings.ReplaceAll(name, "-", "_")
 }

@@ -47,7 +47,7 @@ func Judge(t store.Tree, k Kernel, modules []string) Fit {
 		return fit
 	}
 	for _, name := range modules {
-		if _, ok := here[kernelName(name)]; !ok {
+		if _, ok := here[modinfo.KernelName(name)]; !ok {
 			fit.Problem = fmt.Sprintf("no %s module for kernel %s", name, k.Release)
 			return fit
 		}
@@ -78,9 +78,6 @@ func Judge(t store.Tree, k Kernel, modules []string) Fit {
 	fit.Matches = true
 	return fit
 }
-
-// kernelName is the kernel's spelling of a module name.
-func kernelName(module string) string { return strings.ReplaceAll(module, "-", "_") }
 
 func contains(list []string, s string) bool {
 	for _, x := range list {

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 )
 
 // normName returns a module name as the kernel writes it in /sys/module,
@@ -15,7 +17,7 @@ import (
 // empty, "." or "..", or holds a '/' or a NUL, which no module name does
 // and which would reach outside /sys/module.
 func normName(name string) (string, error) {
-	n := strings.ReplaceAll(strings.TrimSpace(name), "-", "_")
+	n := modinfo.KernelName(strings.TrimSpace(name))
 	if n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/\x00") {
 		return "", fmt.Errorf("invalid module name %q", name)
 	}

@@ -236,7 +236,14 @@ func nameFromPath(path string) string {
 	if name, ok := ModuleName(base); ok {
 		return name
 	}
-	return strings.ReplaceAll(base, "-", "_")
+	return KernelName(base)
+}
+
+// KernelName is the kernel's spelling of a module name: dashes and
+// underscores are interchangeable in module names, and the kernel (in
+// /sys/module, in depends=) uses underscores.
+func KernelName(name string) string {
+	return strings.ReplaceAll(name, "-", "_")
 }
 
 // ModuleName returns the kernel's name for a module file name: the name
@@ -245,7 +252,7 @@ func nameFromPath(path string) string {
 func ModuleName(file string) (name string, ok bool) {
 	for _, ext := range []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"} {
 		if base, found := strings.CutSuffix(file, ext); found && base != "" {
-			return strings.ReplaceAll(base, "-", "_"), true
+			return KernelName(base), true
 		}
 	}
 	return "", false

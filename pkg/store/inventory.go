@@ -81,7 +81,7 @@ func (inv Inventory) Tree(p string) *Tree {
 // under lib/modules/<kernel>/. It returns "" when the tree has no such
 // module, when the module could not be read, or when it has no version.
 func (t Tree) ModuleVersion(name, kernel string) string {
-	name = strings.ReplaceAll(name, "-", "_")
+	name = modinfo.KernelName(name)
 	for _, m := range t.Modules {
 		if m.Name == name && m.Kernel == kernel && m.Info != nil {
 			return m.Info.Version
