@@ -9,6 +9,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -49,6 +50,11 @@ type Config struct {
 	LibraryMode   string            // auto, overlay or ldconfig
 	FailurePolicy string            // fail or keep-previous
 	Persistenced  string            // unit started once the driver is loaded; "" for none
+
+	Prefetch        bool   // fetch the driver for a staged OS update or a newly installed kernel
+	CDIDir          string // host directory the CDI spec is written to; "" for none
+	MetricsAddr     string // host:port serving Prometheus metrics; "" for none
+	MetricsTextfile string // node_exporter textfile written after each change; "" for none
 }
 
 // Default returns the configuration used where nothing is set.
@@ -69,6 +75,9 @@ func Default() Config {
 		LibraryMode:   "auto",
 		FailurePolicy: "fail",
 		Persistenced:  "nvidia-persistenced.service",
+
+		Prefetch: true,
+		CDIDir:   "/var/run/cdi",
 	}
 }
 
@@ -390,6 +399,65 @@ var keys = []key{
 		},
 		get: func(c Config) any { return c.Persistenced },
 	},
+	{
+		name: "prefetch", kind: kindBool,
+		usage: "fetch the driver for a staged OS update (Flatcar's update_engine) or a newly installed kernel before the reboot",
+		set: func(c *Config, raw []string) error {
+			b, err := strconv.ParseBool(raw[0])
+			if err != nil {
+				return fmt.Errorf("want true or false, got %q", raw[0])
+			}
+			c.Prefetch = b
+			return nil
+		},
+		get: func(c Config) any { return c.Prefetch },
+	},
+	{
+		name: "cdi-dir", kind: kindString,
+		usage: "directory the Container Device Interface spec for the active driver is written to (/var/run/cdi or /etc/cdi); empty for none",
+		set: func(c *Config, raw []string) error {
+			if raw[0] != "" && !filepath.IsAbs(raw[0]) {
+				return fmt.Errorf("want an absolute path or nothing, got %q", raw[0])
+			}
+			c.CDIDir = cleanOrEmpty(raw[0])
+			return nil
+		},
+		get: func(c Config) any { return c.CDIDir },
+	},
+	{
+		name: "metrics-addr", kind: kindString,
+		usage: "host:port to serve Prometheus metrics on, e.g. 127.0.0.1:9402; empty for none",
+		set: func(c *Config, raw []string) error {
+			if raw[0] != "" {
+				if _, port, err := net.SplitHostPort(raw[0]); err != nil || port == "" {
+					return fmt.Errorf("want host:port or nothing, got %q", raw[0])
+				}
+			}
+			c.MetricsAddr = raw[0]
+			return nil
+		},
+		get: func(c Config) any { return c.MetricsAddr },
+	},
+	{
+		name: "metrics-textfile", kind: kindString,
+		usage: "file (*.prom, in node_exporter's textfile directory) the metrics are written to after each change; empty for none",
+		set: func(c *Config, raw []string) error {
+			if raw[0] != "" && (!filepath.IsAbs(raw[0]) || !strings.HasSuffix(raw[0], ".prom")) {
+				return fmt.Errorf("want an absolute path ending in .prom or nothing, got %q", raw[0])
+			}
+			c.MetricsTextfile = cleanOrEmpty(raw[0])
+			return nil
+		},
+		get: func(c Config) any { return c.MetricsTextfile },
+	},
+}
+
+// cleanOrEmpty cleans a path and keeps "" as "".
+func cleanOrEmpty(p string) string {
+	if p == "" {
+		return ""
+	}
+	return filepath.Clean(p)
 }
 
 func lookup(name string) (key, bool) {

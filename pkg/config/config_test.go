@@ -78,6 +78,10 @@ module-params:
 library-mode: ldconfig
 failure-policy: keep-previous
 persistenced: ""
+prefetch: false
+cdi-dir: /etc/cdi/
+metrics-addr: 127.0.0.1:9402
+metrics-textfile: /var/lib/node_exporter/textfile/nvidia-driverd.prom
 `)
 		l, err := Load(Sources{File: p, FileRequired: true})
 		if err != nil {
@@ -105,6 +109,11 @@ persistenced: ""
 			LibraryMode:   "ldconfig",
 			FailurePolicy: "keep-previous",
 			Persistenced:  "",
+
+			Prefetch:        false,
+			CDIDir:          "/etc/cdi",
+			MetricsAddr:     "127.0.0.1:9402",
+			MetricsTextfile: "/var/lib/node_exporter/textfile/nvidia-driverd.prom",
 		}
 		if !reflect.DeepEqual(l.Config, want) {
 			t.Fatalf("got %+v\nwant %+v", l.Config, want)
@@ -187,6 +196,9 @@ func TestLoadRejects(t *testing.T) {
 		{name: "an unknown library mode", file: "library-mode: copy\n", want: []string{"library-mode", "copy"}},
 		{name: "an unknown failure policy", file: "failure-policy: retry\n", want: []string{"failure-policy", "retry"}},
 		{name: "a persistenced that is not a service", file: "persistenced: nvidia.timer\n", want: []string{"persistenced"}},
+		{name: "a relative cdi-dir", file: "cdi-dir: run/cdi\n", want: []string{"line 1", "cdi-dir", "absolute"}},
+		{name: "a metrics address without a port", file: "metrics-addr: 127.0.0.1\n", want: []string{"metrics-addr", "host:port"}},
+		{name: "a metrics textfile node_exporter ignores", file: "metrics-textfile: /var/lib/node_exporter/nvidia.txt\n", want: []string{"metrics-textfile", ".prom"}},
 		{name: "a bad environment value", env: []string{"NVIDIA_DRIVERD_KEEP=-1"}, want: []string{"NVIDIA_DRIVERD_KEEP", "keep"}},
 	}
 	for _, tc := range cases {
