@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // Options say how images are fetched.
@@ -98,6 +99,36 @@ func hostListed(hosts []string, s string) bool {
 	return slices.Contains(hosts, host)
 }
 
+// ErrNotFound says the registry answered that it has no such tag.
+var ErrNotFound = errors.New("no such image")
+
+// notFound is ErrNotFound for one reference.
+type notFound struct{ ref, repo, tag string }
+
+func (e notFound) Error() string {
+	return fmt.Sprintf("fetch %s: repository %s has no image tagged %s", e.ref, e.repo, e.tag)
+}
+
+func (e notFound) Is(target error) bool { return target == ErrNotFound }
+
+// isNotFound tells a registry's "no such manifest" (404, MANIFEST_UNKNOWN,
+// NAME_UNKNOWN) from every other failure.
+func isNotFound(err error) bool {
+	var te *transport.Error
+	if !errors.As(err, &te) {
+		return false
+	}
+	if te.StatusCode == http.StatusNotFound {
+		return true
+	}
+	for _, d := range te.Errors {
+		if d.Code == transport.ManifestUnknownErrorCode || d.Code == transport.NameUnknownErrorCode {
+			return true
+		}
+	}
+	return false
+}
+
 // hostTransport picks verified or unverified TLS by the request's host.
 type hostTransport struct {
 	secure, insecure http.RoundTripper
@@ -170,6 +201,9 @@ func (r *Registry) image(ctx context.Context, repo name.Repository, tag string) 
 		remote.WithRetryBackoff(remote.Backoff{Steps: 1}),
 	}
 	desc, err := remote.Get(ref, opts...)
+	if isNotFound(err) {
+		return nil, notFound{ref: ref.String(), repo: repo.String(), tag: tag}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", ref, err)
 	}

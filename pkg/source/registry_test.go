@@ -188,7 +188,7 @@ func TestRegistryRetries(t *testing.T) {
 	t.Run("a 404 is not retried", func(t *testing.T) {
 		reg, src, sl := setup(t, fastRetry)
 		_, err := src.Image(ctx, "no-such-tag")
-		wantErr(t, err, reg.repo()+":no-such-tag", "MANIFEST_UNKNOWN")
+		wantErr(t, err, reg.repo()+":no-such-tag", "has no image tagged no-such-tag")
 		if n := reg.count(http.MethodGet, manifestPath("no-such-tag")); n != 1 {
 			t.Fatalf("%d manifest GETs, want 1", n)
 		}
@@ -560,4 +560,26 @@ func TestRegistryBasicAuth(t *testing.T) {
 		_, err := src.Image(ctx, testTag)
 		wantErr(t, err, "UNAUTHORIZED")
 	})
+}
+
+func TestRegistryMissingTag(t *testing.T) {
+	ctx := context.Background()
+	reg := startRegistry(t, false)
+	push(t, reg, reg.repo(), testTag, driverImage(t, amd64))
+	src, _ := newSource(t, reg.repo(), Options{Insecure: []string{reg.host}, Platform: amd64, Retry: fastRetry})
+
+	_, err := src.Image(ctx, "4081.2.0-550.54.14")
+	if !errors.Is(err, ErrNotFound) {
+		t.Fatalf("got %v, want ErrNotFound", err)
+	}
+	want := "repository " + reg.repo() + " has no image tagged 4081.2.0-550.54.14"
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not say %q", err, want)
+	}
+
+	// A server failure is not "missing".
+	reg.fault(http.MethodGet, manifestPath(testTag), 10, status(http.StatusInternalServerError))
+	if _, err := src.Image(ctx, testTag); err == nil || errors.Is(err, ErrNotFound) {
+		t.Fatalf("a 500 gave %v, want an error other than ErrNotFound", err)
+	}
 }
