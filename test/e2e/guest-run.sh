@@ -27,6 +27,8 @@ journalctl -b -o short-monotonic >$S/journal.txt 2>&1
 journalctl -b -o export -u nvidia-driverd >$S/journal-driverd.export 2>&1
 /opt/bin/nvidia-driverd status --json >$S/status.json 2>$S/status.stderr
 status_rc=$?
+/opt/bin/nvidia-driverd status >$S/status.txt 2>&1
+SYSTEMD_COLORS=0 systemctl status --no-pager -n 0 nvidia-driverd >$S/systemctl-status.txt 2>&1
 cp /var/lib/e2e/kubelet.txt $S/kubelet.txt 2>/dev/null
 cp /opt/nvidia/state.json $S/state.json 2>/dev/null
 findmnt -rn >$S/mounts.txt 2>&1
@@ -92,7 +94,7 @@ first-boot)
 	ready_time
 	;;
 reboot)
-	check "no layout on the share" test ! -e $S/layout
+	eq "no registry on this boot" "$(prop e2e-registry ActiveState)" inactive
 	driver_usable
 	if grep -Eqi 'pull|fetch|download' $S/journal-driverd.txt; then
 		nok "journal mentions a download on the second boot: $(grep -Ei 'pull|fetch|download' $S/journal-driverd.txt | head -1)"
@@ -126,7 +128,7 @@ badmagic)
 	fi
 	;;
 noimage)
-	wanted=$(cat $S/wanted-version)
+	wanted=550.54.14
 	state=$(prop nvidia-driverd ActiveState)
 	if [ "$state" != active ]; then ok "nvidia-driverd not ready ($state/$(prop nvidia-driverd SubState))"; else nok "nvidia-driverd became active"; fi
 	st=$(prop nvidia-driverd StatusText)
@@ -153,6 +155,55 @@ rollback)
 		nok "the failure does not name the module and ENODEV's meaning"
 	fi
 	eq "kubelet started on the kept driver" "$(prop kubelet ActiveState)" active
+	;;
+osupdate)
+	old=$(cat $S/old-release)
+	eq "booted the new kernel" "$(uname -r | grep -c -- -rt-)" 1
+	eq "os-release says the new version" "$(. /etc/os-release; echo "$VERSION_ID")" 13
+	if journalctl -b -u nvidia-driverd -o verbose | grep -q "REASON=.*550.54.14/$old does not match kernel $rel"; then
+		ok "the old tree was found not to match the new kernel"
+	else
+		nok "no plan naming the old tree's mismatch with $rel"
+	fi
+	driver_usable
+	eq "current is the new kernel's tree" "$(readlink /opt/nvidia/current)" "550.54.14/$rel"
+	eq "previous is the old tree, kept" "$(readlink /opt/nvidia/previous)" "550.54.14/$old"
+	check "the old tree is still installed" test -f /opt/nvidia/550.54.14/$old/lib/modules/$old/video/nvidia.ko
+	n=$(journalctl -b -u nvidia-driverd MESSAGE_ID=d7a7d4b6c1cf0c146ab98f513c7c2a52 -o cat | wc -l)
+	if [ "$n" -ge 1 ]; then ok "journal: 'driver switched' (MESSAGE_ID=d7a7d4b6...)"; else nok "journal: no 'driver switched' entry"; fi
+	ready_time
+	;;
+keep-previous)
+	rtrel=$(cat $S/rt-release)
+	eq "registry down" "$(prop e2e-registry ActiveState)" inactive
+	eq "nvidia-driverd.service is active (keep-previous)" "$(prop nvidia-driverd ActiveState)" active
+	st=$(prop nvidia-driverd StatusText)
+	echo "info status text: $st"
+	eq "the previous driver is loaded" "$(cat /sys/module/nvidia/version 2>&1)" 550.54.14
+	eq "current is the tree matching this kernel" "$(readlink /opt/nvidia/current)" "550.54.14/$rel"
+	if journalctl -b -u nvidia-driverd -o verbose | grep -q "127.0.0.1:5000.*connection refused"; then
+		ok "the journal says the registry could not be reached"
+	else
+		nok "the journal does not say the registry was unreachable"
+	fi
+	n=$(journalctl -b -u nvidia-driverd -o cat | grep -c "kept the previous driver")
+	if [ "$n" -ge 1 ]; then ok "journal: 'kept the previous driver'"; else nok "journal: no 'kept the previous driver'"; fi
+	eq "kubelet started" "$(prop kubelet ActiveState)" active
+	eq "kubelet saw the driver version" "$(grep version= /var/lib/e2e/kubelet.txt 2>&1)" version=550.54.14
+	;;
+powercut)
+	seen=$(cat $S/staging-seen 2>/dev/null)
+	echo "info the power was cut with ${seen}KiB in staging"
+	if journalctl -b -u nvidia-driverd -o cat | grep -q "removed leftover of an interrupted install"; then
+		ok "the interrupted install's leftovers were removed: $(journalctl -b -u nvidia-driverd -o verbose | grep -o 'PATH=.*' | head -1)"
+	else
+		nok "no 'removed leftover of an interrupted install' in the journal"
+	fi
+	driver_usable
+	check "no staging leftovers" sh -c "test -z \"\$(ls -A /opt/nvidia/.staging 2>/dev/null)\""
+	eq "the large firmware file is complete" \
+		"$(sha256sum /opt/nvidia/current/firmware/nvidia/550.54.14/gsp_big.bin | cut -d' ' -f1)" "$(cat $S/big.sha256)"
+	check "the tree's meta file is there" test -f /opt/nvidia/current/.nvidia-driverd.json
 	;;
 *)
 	nok "unknown scenario $scenario"

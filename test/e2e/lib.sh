@@ -9,7 +9,11 @@ BROKEN_VERSION=560.35.03 # same length: version strings are rewritten in place
 SUITE=bookworm
 MIRROR=${E2E_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${E2E_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-PACKAGES=systemd-sysv,udev,kmod,dbus,linux-image-amd64
+# linux-image-rt-amd64: a second kernel (another flavour, so another
+# vermagic) to update into; docker-registry: the guest's own registry;
+# iproute2: tc, to slow the registry down for the power-cut scenario.
+PACKAGES=systemd-sysv,udev,kmod,dbus,linux-image-amd64,linux-image-rt-amd64,docker-registry,iproute2
+REGISTRY=127.0.0.1:5000 # the guest registry, on the guest's loopback
 mkdir -p "$CACHE"
 
 log() { printf '[e2e %s] %s\n' "$(date +%T)" "$*" >&2; }

@@ -1,68 +1,86 @@
 #!/bin/bash
 # run-e2e.sh [SCENARIO...]: nvidia-driverd end to end in a qemu VM (TCG, no
 # KVM needed) running Debian's kernel and systemd. Builds what is missing
-# (cached under $CACHE), boots the guest once per scenario, prints one
-# "PASS name" / "FAIL name" line per scenario, exits 1 if any failed.
+# (cached under $CACHE), boots the guest once or twice per scenario, prints
+# one "PASS name" / "FAIL name" line per scenario, exits 1 if any failed.
+# Images come from a registry inside the guest (Debian's docker-registry on
+# the guest's loopback; its storage is filled on the host with the
+# project's own `publish` against the same server).
 #
-# Scenarios (numbers as in the test plan also work):
-#   first-boot (1)  no driver installed: nvidia-driverd installs from an OCI
-#                   layout on the host share, loads the modules, READY=1,
-#                   kubelet starts after it and sees the driver
-#   reboot (2)      second boot of first-boot's disk, layout gone: ready
-#                   from the store without a download
-#   badmagic (7)    the installed tree's modules carry another kernel
-#                   release in their vermagic: refused and not loaded,
-#                   although this kernel (CONFIG_MODVERSIONS) would load them
+# Scenarios (the numbers of the test plan work too), run in this order:
+#   first-boot (1)     no driver installed: pulled from the guest registry,
+#                      installed, modules loaded, READY=1, kubelet after it
+#   reboot (2)         same disk, registry stopped: ready without a download
+#   rollback (8)       a newer driver whose nvidia.ko fails init: rolled back
+#                      in the same boot, keep-previous loads the old one
+#   osupdate (3)       same disk booted into the -rt kernel with a bumped
+#                      os-release: mismatch seen, matching image pulled,
+#                      switched, loaded; the old tree kept as previous
+#   keep-previous (5)  osupdate's disk back on the standard kernel, a driver
+#                      wanted that no registry serves, registry down: the
+#                      previous tree, which matches, is used
+#   noimage (5)        fresh disk, the registry has no image for this kernel,
+#                      failure-policy fail: STATUS= says why, no kubelet
+#   badmagic (7)       modules whose vermagic differs only in the release:
+#                      refused, though this kernel would load them
+#   powercut (6)       the VM is killed while layers stream in from a slow
+#                      registry; the next boot converges to a working driver
 #
 # Environment (see README.md): E2E_CACHE (cache dir), E2E_TIMEOUT (seconds
-# per boot, 300), E2E_KEEP=1 (keep the scratch disk), E2E_LIBRARY_MODE
+# per boot, 300), E2E_KEEP=1 (keep the scratch disks), E2E_LIBRARY_MODE
 # (ldconfig, the default, or overlay, which Debian's linker path refuses),
 # E2E_PERSISTENCED (default nvidia-persistenced.service; empty for none),
-# E2E_DEBUG_JOBS=SECONDS
-# (`systemctl list-jobs` that long after boot, in the share's jobs.txt),
-# E2E_HOLD=SECONDS (the guest waits before its checks, to see restarts).
+# E2E_DEBUG_JOBS=SECONDS (`systemctl list-jobs` that long after boot, in the
+# share's jobs.txt), E2E_HOLD=SECONDS (the guest waits before its checks).
 . "$(dirname "$0")/lib.sh"
-need qemu-system-x86 perl
-scenarios=()
-for a in "${@:-first-boot reboot noimage badmagic rollback}"; do
+need qemu-system-x86 perl bc python3
+ORDER="first-boot reboot rollback osupdate keep-previous noimage badmagic powercut"
+want=" "
+for a in "${@:-$ORDER}"; do
 	for s in $a; do
 		case $s in
-		1 | first-boot) scenarios+=(first-boot) ;;
-		2 | reboot) scenarios+=(reboot) ;;
-		7 | badmagic) scenarios+=(badmagic) ;;
-		5 | noimage) scenarios+=(noimage) ;;
-		8 | rollback) scenarios+=(rollback) ;;
-		*) die "unknown scenario $s (first-boot, reboot, noimage, badmagic, rollback)" ;;
+		1) s=first-boot ;; 2) s=reboot ;; 3) s=osupdate ;; 6) s=powercut ;; 7) s=badmagic ;; 8) s=rollback ;;
+		5) s="noimage keep-previous" ;;
 		esac
+		for x in $s; do
+			case " $ORDER " in
+			*" $x "*) want+="$x " ;;
+			*) die "unknown scenario $x ($ORDER)" ;;
+			esac
+		done
 	done
 done
 
 t0=$(date +%s)
 image=$("$E2E_DIR/build-image.sh")
 release=$(cat "$image/release")
+release_rt=$(cat "$image/release-rt")
 bin=$(build_binary)
+registry_bin=$(bash "$REPO/test/registry/distribution.sh")
 run=$CACHE/run
 rm -rf "$run"
 mkdir -p "$run"
 "$E2E_DIR/build-driver.sh" "$release" "$run/driver"
-tag="debian12-$release-$DRIVER_VERSION"
-log "setup done in $(( $(date +%s) - t0 )) s (image $image, kernel $release)"
+"$E2E_DIR/build-driver.sh" "$release_rt" "$run/driver-rt"
+log "setup done in $(( $(date +%s) - t0 )) s (image $image, kernels $release, $release_rt)"
 
 # share NAME [DRIVER [POLICY]]: a fresh host directory for the guest's
 # /mnt/share, with the guest's config wanting DRIVER under failure-policy
-# POLICY.
+# POLICY from the guest registry.
 share() {
 	local s=$run/share-$1 want=${2:-$DRIVER_VERSION} policy=${3:-fail}
 	rm -rf "$s"
 	mkdir -p "$s"
 	cp "$bin" "$s/nvidia-driverd"
 	cp "$E2E_DIR/guest-run.sh" "$s/run.sh"
+	echo "$1" >"$s/scenario"
 	[ -z "${E2E_DEBUG_JOBS:-}" ] || echo "$E2E_DEBUG_JOBS" >"$s/debug-jobs"
 	[ -z "${E2E_HOLD:-}" ] || echo "$E2E_HOLD" >"$s/hold"
 	cat >"$s/config.yaml" <<-YAML
 	driver-version: $want
 	failure-policy: $policy
-	source: oci-layout:/mnt/share/layout
+	repository: $REGISTRY/nvidia-driver
+	insecure-registries: [$REGISTRY]
 	tag-template: "{{.OSID}}{{.OSVersion}}-{{.KernelRelease}}-{{.DriverVersion}}"
 	require-gpu: false
 	library-mode: ${E2E_LIBRARY_MODE:-ldconfig}
@@ -73,22 +91,56 @@ share() {
 	echo "$s"
 }
 
-# boot DISK SHARE SCENARIO [snapshot]: one boot; the guest powers off
-# after e2e.service. Returns 0 when the guest reported RESULT pass.
-boot() {
-	local disk=$1 s=$2 name=$3 snap=${4:-} b0 rc
-	echo "$name" >"$s/scenario"
-	rm -f "$s/result.txt"
-	b0=$(date +%s.%N)
-	timeout "${E2E_TIMEOUT:-300}" qemu-system-x86_64 -accel tcg -cpu qemu64 -smp 1 -m 1024 \
+# registry SHARE ENTRY...: the guest registry's contents for SHARE, each
+# ENTRY "TREE OS_VERSION KERNEL_RELEASE DRIVER" published by nvidia-driverd
+# to Debian's registry server on the host, whose storage then travels as
+# registry.tar.
+registry() {
+	local s=$1 dir port pid e tree osv krel drv
+	shift
+	dir=$(mktemp -d "$run/registry.XXXXXX")
+	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+	printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s/data}}\nhttp: {addr: "127.0.0.1:%s"}\n' "$dir" "$port" >"$dir/config.yml"
+	"$registry_bin" serve "$dir/config.yml" >"$dir/log" 2>&1 &
+	pid=$!
+	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+	for e in "$@"; do
+		read -r tree osv krel drv <<<"$e"
+		"$bin" --insecure-registries "127.0.0.1:$port" publish --from "$tree" --os debian --os-version "$osv" \
+			--kernel-release "$krel" --driver "$drv" --mtime 0 \
+			"127.0.0.1:$port/nvidia-driver:debian$osv-$krel-$drv" >/dev/null ||
+			{ kill "$pid"; die "publish $tree to the host registry failed"; }
+	done
+	kill "$pid"
+	wait "$pid" 2>/dev/null || true
+	tar -C "$dir/data" -cf "$s/registry.tar" .
+	rm -rf "$dir"
+}
+
+# qemu_cmd DISK SHARE [snapshot]: the guest's command line; $kernel picks
+# the standard kernel ("") or the -rt one ("-rt").
+kernel=
+qemu_cmd() {
+	local disk=$1 s=$2 snap=${3:-} vmlinuz=$image/vmlinuz initrd=$image/initrd.img
+	if [ "$kernel" = -rt ]; then vmlinuz=$image/vmlinuz-rt initrd=$image/initrd-rt.img; fi
+	echo qemu-system-x86_64 -accel tcg -cpu qemu64 -smp 1 -m 1024 \
 		-nic none -display none -monitor none -no-reboot \
-		-kernel "$image/vmlinuz" -initrd "$image/initrd.img" \
-		-append "root=/dev/vda rw console=ttyS0 quiet panic=-1 systemd.show_status=1" \
+		-kernel "$vmlinuz" -initrd "$initrd" \
+		-append "'root=/dev/vda rw console=ttyS0 quiet panic=-1 systemd.show_status=1'" \
 		-drive "file=$disk,if=virtio,format=raw${snap:+,snapshot=on}" \
 		-virtfs "local,path=$s,mount_tag=share,security_model=none" \
-		-serial "file:$s/console.log" && rc=0 || rc=$?
+		-serial "file:$s/console.log"
+}
+
+# boot DISK SHARE NAME [snapshot]: one boot; the guest powers off after
+# e2e.service. Returns 0 when the guest reported RESULT pass.
+boot() {
+	local disk=$1 s=$2 name=$3 snap=${4:-} b0 rc
+	rm -f "$s/result.txt"
+	b0=$(date +%s.%N)
+	eval timeout "${E2E_TIMEOUT:-300}" "$(qemu_cmd "$disk" "$s" "$snap")" && rc=0 || rc=$?
 	boot_s=$(printf '%.1f' "$(echo "$(date +%s.%N) - $b0" | bc)")
-	log "$name: boot took ${boot_s} s (qemu exit $rc); results in $s"
+	log "$name: boot ${kernel:-standard} kernel took ${boot_s} s (qemu exit $rc); results in $s"
 	if [ -f "$s/result.txt" ]; then
 		sed 's/^/    /' "$s/result.txt" >&2
 	else
@@ -110,67 +162,72 @@ report() { # report NAME STATUS
 	fi
 }
 
-publish() { # publish TREE LAYOUT [DRIVER]
-	local driver=${3:-$DRIVER_VERSION}
-	"$bin" publish --from "$1" --os debian --os-version 12 --kernel-release "$release" \
-		--driver "$driver" --mtime 0 --oci-layout "$2" "debian12-$release-$driver" >/dev/null
+# The pair disk carries first-boot's install on to reboot, rollback (as a
+# snapshot), osupdate and keep-previous (a snapshot).
+done_list=" "
+needs() { # needs SCENARIO: run it first unless it ran
+	case $done_list in *" $1 "*) return ;; esac
+	log "running $1 first: the next scenario continues on its disk"
+	scenario "$1"
 }
 
-# first_boot: boot a copy of the pristine disk that installs the driver;
-# reboot and rollback continue on that disk.
-first_boot() {
-	s=$(share first-boot)
-	publish "$run/driver/tree" "$s/layout"
-	cp --sparse=always "$image/disk.img" "$run/disk-pair.img"
-	boot "$run/disk-pair.img" "$s" first-boot && st=0 || st=1
-	report first-boot $st
-	pair_done=1
-}
-
-pair_done=
-for sc in "${scenarios[@]}"; do
-	case $sc in
+scenario() {
+	local s st
+	done_list+="$1 "
+	kernel=
+	case $1 in
 	first-boot)
-		first_boot
+		s=$(share first-boot)
+		registry "$s" "$run/driver/tree 12 $release $DRIVER_VERSION"
+		cp --sparse=always "$image/disk.img" "$run/disk-pair.img"
+		boot "$run/disk-pair.img" "$s" first-boot && st=0 || st=1
 		;;
 	reboot)
-		if [ -z "$pair_done" ]; then
-			log "reboot needs first-boot's disk: running first-boot first"
-			first_boot
-		fi
-		s=$(share reboot)
+		needs first-boot
+		s=$(share reboot) # no registry.tar: no registry
 		boot "$run/disk-pair.img" "$s" reboot && st=0 || st=1
-		report reboot $st
 		;;
 	rollback)
-		if [ -z "$pair_done" ]; then
-			log "rollback needs first-boot's disk: running first-boot first"
-			first_boot
-		fi
+		needs first-boot
 		# The config now wants a newer driver whose nvidia.ko fails init:
 		# it is fetched, switched to, fails, is undone and rolled back, and
 		# keep-previous brings the working driver back in the same boot.
 		s=$(share rollback "$BROKEN_VERSION" keep-previous)
-		publish "$run/driver/tree-broken" "$s/layout" "$BROKEN_VERSION"
+		registry "$s" "$run/driver/tree-broken 12 $release $BROKEN_VERSION"
 		echo "$BROKEN_VERSION" >"$s/broken-version"
 		boot "$run/disk-pair.img" "$s" rollback snapshot && st=0 || st=1
-		report rollback $st
+		;;
+	osupdate)
+		needs first-boot
+		# The OS updated itself: another kernel (the -rt flavour, so another
+		# vermagic) and a new os-release; the registry has the new image.
+		s=$(share osupdate)
+		sed 's/^VERSION_ID=.*/VERSION_ID="13"/; s/^VERSION=.*/VERSION="13 (update)"/' "$image/os-release" >"$s/os-release"
+		registry "$s" "$run/driver-rt/tree 13 $release_rt $DRIVER_VERSION"
+		echo "$release" >"$s/old-release"
+		kernel=-rt
+		boot "$run/disk-pair.img" "$s" osupdate && st=0 || st=1
+		;;
+	keep-previous)
+		needs osupdate
+		# Back on the standard kernel, wanting a driver no registry has,
+		# and no registry at all: the previous tree matches and is used.
+		s=$(share keep-previous "$BROKEN_VERSION" keep-previous)
+		echo "$release_rt" >"$s/rt-release"
+		boot "$run/disk-pair.img" "$s" keep-previous snapshot && st=0 || st=1
 		;;
 	noimage)
-		# Nothing installed, and the only image in reach is for another
-		# driver: failure-policy fail must keep kubelet from starting.
+		# Nothing installed, and the registry only has the -rt kernel's
+		# image: failure-policy fail must keep kubelet from starting.
 		s=$(share noimage)
-		publish "$run/driver/tree" "$s/layout"
-		echo "$BROKEN_VERSION" >"$s/wanted-version"
-		sed -i "s/^driver-version: .*/driver-version: $BROKEN_VERSION/" "$s/config.yaml"
+		registry "$s" "$run/driver-rt/tree 12 $release_rt $DRIVER_VERSION"
 		boot "$image/disk.img" "$s" noimage snapshot && st=0 || st=1
-		report noimage $st
 		;;
 	badmagic)
 		s=$(share badmagic)
 		# The tree is in the store already, as if installed before: publish
 		# would refuse it, rightly.
-		seed=$run/seed
+		local seed=$run/seed
 		rm -rf "$seed"
 		mkdir -p "$seed/$DRIVER_VERSION"
 		cp -a "$run/driver/tree-badmagic" "$seed/$DRIVER_VERSION/$release"
@@ -178,9 +235,57 @@ for sc in "${scenarios[@]}"; do
 		tar -C "$seed" --owner=0 --group=0 -cf "$s/store-seed.tar" .
 		cp "$run/driver/fake-release" "$s/fake-release"
 		boot "$image/disk.img" "$s" badmagic snapshot && st=0 || st=1
-		report badmagic $st
+		;;
+	powercut)
+		powercut && st=0 || st=1
+		s=$run/share-powercut
 		;;
 	esac
+	report "$1" $st
+}
+
+# powercut: the first boot streams a large image from a registry slowed to
+# 8 Mbit/s; once the guest reports more than 4 MiB in the store's staging
+# directory the host kills qemu (no shutdown, no sync). The second boot, on
+# the same disk and with the registry at full speed, must converge.
+powercut() {
+	local s big qpid cut=
+	s=$(share powercut)
+	big=$run/driver/tree-big
+	rm -rf "$big"
+	cp -a "$run/driver/tree" "$big"
+	head -c 24M /dev/urandom >"$big/firmware/nvidia/$DRIVER_VERSION/gsp_big.bin"
+	sha256sum <"$big/firmware/nvidia/$DRIVER_VERSION/gsp_big.bin" | cut -d' ' -f1 >"$s/big.sha256"
+	registry "$s" "$big 12 $release $DRIVER_VERSION"
+	touch "$s/registry-slow" "$s/watch-staging"
+	cp --sparse=always "$image/disk.img" "$run/disk-powercut.img"
+	echo powercut-1 >"$s/scenario"
+	eval "exec $(qemu_cmd "$run/disk-powercut.img" "$s")" &
+	qpid=$!
+	for _ in $(seq $(( ${E2E_TIMEOUT:-300} * 5 ))); do
+		if [ -s "$s/staging-seen" ]; then cut=1; break; fi
+		kill -0 "$qpid" 2>/dev/null || break
+		sleep 0.2
+	done
+	kill -KILL "$qpid" 2>/dev/null || true
+	wait "$qpid" 2>/dev/null || true
+	if [ -z "$cut" ]; then
+		log "powercut: the download was never seen in staging; console tail:"
+		tail -20 "$s/console.log" | sed 's/^/    /' >&2
+		boot_s=0
+		return 1
+	fi
+	log "powercut: power cut with $(cat "$s/staging-seen") KiB in staging"
+	mv "$s/console.log" "$s/console-1.log"
+	rm -f "$s/registry-slow" "$s/watch-staging"
+	echo powercut >"$s/scenario"
+	boot "$run/disk-powercut.img" "$s" powercut
+}
+
+for sc in $ORDER; do
+	case $want in *" $sc "*) ;; *) continue ;; esac
+	case $done_list in *" $sc "*) continue ;; esac
+	scenario "$sc"
 done
 [ -n "${E2E_KEEP:-}" ] || rm -f "$run"/disk-*.img
 log "total $(( $(date +%s) - t0 )) s"
