@@ -67,6 +67,8 @@ the file.`,
 		newRollbackCommand(g),
 		newPublishCommand(g),
 		newInstallUnitsCommand(g),
+		newCDICommand(g),
+		newCDIHookCommand(),
 		newConfigCommand(g),
 		newVersionCommand(g),
 	)

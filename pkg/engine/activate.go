@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/cdi"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod"
@@ -56,6 +57,9 @@ type Activation struct {
 	Modules  []kmod.Step // modules in load order, with what was skipped
 	Devices  []string    // device nodes created or fixed
 	Libs     libs.Result // overlays, drop-in, firmware path
+	// CDI is the CDI spec written or removed, as a path in this
+	// namespace; "" when it was left as it was or cdi-dir is empty.
+	CDI string
 }
 
 // ErrRebootNeeded is wrapped when another driver version is loaded and in
@@ -86,9 +90,10 @@ func LibraryMode(setting string, f Facts) libs.Mode {
 // ErrRebootNeeded, when something holds the GPU); the libraries, binaries
 // and firmware path are switched (firmware first, since the GPU loads it
 // at probe); the modules are loaded in dependency order after the
-// in-tree prerequisites; device nodes are created; persistenced is
-// started. Each step is idempotent, so activating an active tree changes
-// nothing. The error names the step.
+// in-tree prerequisites; device nodes are created; the CDI spec for the
+// tree is written to cdi-dir when that is set (removed when the host has
+// no GPU node); persistenced is started. Each step is idempotent, so
+// activating an active tree changes nothing. The error names the step.
 func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activation, error) {
 	var out Activation
 	cfg := a.Config
@@ -148,6 +153,11 @@ func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activat
 	if err != nil {
 		return out, err
 	}
+	if cfg.CDIDir != "" {
+		if err = a.step("cdi", func() error { return a.writeCDI(tree, &out) }); err != nil {
+			return out, err
+		}
+	}
 	if cfg.Persistenced != "" && a.Units != nil {
 		err = a.step("persistenced", func() error {
 			if err := a.Units.Start(ctx, cfg.Persistenced); err != nil {
@@ -194,10 +204,11 @@ func (a *Activator) stopPersistenced(ctx context.Context) error {
 
 // Deactivate undoes Activate: persistenced is stopped, the driver's
 // modules are unloaded in reverse dependency order (nothing is unloaded,
-// and the error wraps ErrRebootNeeded, when something holds the GPU), and
-// the overlays are detached or the ld.so.conf.d drop-in removed, with
-// ldconfig rerun. Device nodes are left: without the module they lead
-// nowhere, and the next activation reuses them.
+// and the error wraps ErrRebootNeeded, when something holds the GPU), the
+// CDI spec is removed from cdi-dir when that is set, and the overlays are
+// detached or the ld.so.conf.d drop-in removed, with ldconfig rerun.
+// Device nodes are left: without the module they lead nowhere, and the
+// next activation reuses them.
 func (a *Activator) Deactivate(ctx context.Context) (Activation, error) {
 	var out Activation
 	cfg := a.Config
@@ -205,6 +216,11 @@ func (a *Activator) Deactivate(ctx context.Context) (Activation, error) {
 	out.Unloaded, err = a.unload(ctx, "unload the driver")
 	if err != nil {
 		return out, err
+	}
+	if cfg.CDIDir != "" {
+		if err = a.step("cdi", func() error { return a.removeCDI(&out) }); err != nil {
+			return out, err
+		}
 	}
 	err = a.step("libraries", func() error {
 		var err error
@@ -214,4 +230,30 @@ func (a *Activator) Deactivate(ctx context.Context) (Activation, error) {
 		return err
 	})
 	return out, err
+}
+
+// writeCDI is the "cdi" step of Activate: it writes the CDI spec for tree,
+// or removes a stale one when the host has no GPU node to offer.
+func (a *Activator) writeCDI(tree string, out *Activation) error {
+	spec, err := cdi.Generate(cdi.Options{Root: a.Root, Tree: tree})
+	if errors.Is(err, cdi.ErrNoGPU) {
+		return a.removeCDI(out)
+	}
+	if err != nil {
+		return err
+	}
+	p, changed, err := cdi.Write(a.Root, a.Config.CDIDir, spec)
+	if changed {
+		out.CDI = p
+	}
+	return err
+}
+
+// removeCDI removes the CDI spec from cdi-dir.
+func (a *Activator) removeCDI(out *Activation) error {
+	p, removed, err := cdi.Remove(a.Root, a.Config.CDIDir)
+	if removed {
+		out.CDI = p
+	}
+	return err
 }

@@ -181,3 +181,21 @@ func (h *hostRoot) readlink(name string) (string, error) {
 	}
 	return target, nil
 }
+
+// Within reports whether clean path p is dir or lies below it.
+func Within(p, dir string) bool {
+	if dir == "/" {
+		return strings.HasPrefix(p, "/")
+	}
+	return p == dir || strings.HasPrefix(p, dir+"/")
+}
+
+// HostPath returns real path p, which lies within root, as the host sees
+// it (without the root prefix).
+func HostPath(root, p string) string {
+	rel, err := filepath.Rel(root, p)
+	if err != nil || rel == "." {
+		return "/"
+	}
+	return "/" + rel
+}

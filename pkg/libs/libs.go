@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 )
 
 // Mode is how a tree's libraries reach the dynamic linker.
@@ -202,10 +204,10 @@ func resolveTree(root, storeReal, tree string) (real, host string, err error) {
 	if err != nil {
 		return "", "", fmt.Errorf("resolve tree %s: %w", tree, err)
 	}
-	if !within(real, root) {
+	if !hostinfo.Within(real, root) {
 		return "", "", fmt.Errorf("resolve tree %s: %s lies outside the root %s", tree, real, root)
 	}
-	if real == storeReal || !within(real, storeReal) {
+	if real == storeReal || !hostinfo.Within(real, storeReal) {
 		return "", "", fmt.Errorf("resolve tree %s: %s is not inside the store %s", tree, real, storeReal)
 	}
 	fi, err := os.Stat(real)
@@ -215,7 +217,7 @@ func resolveTree(root, storeReal, tree string) (real, host string, err error) {
 	if !fi.IsDir() {
 		return "", "", fmt.Errorf("resolve tree %s: %s is not a directory", tree, real)
 	}
-	return real, hostPath(root, real), nil
+	return real, hostinfo.HostPath(root, real), nil
 }
 
 // resolveMaybe returns the real path of p, or p cleaned when p does not
@@ -235,28 +237,11 @@ func resolveMaybe(p string) (string, error) {
 // the store's paths take.
 func (s setup) isOurs(p string) bool {
 	for _, dir := range s.ours {
-		if within(p, dir) {
+		if hostinfo.Within(p, dir) {
 			return true
 		}
 	}
 	return false
-}
-
-// within reports whether clean path p is dir or lies below it.
-func within(p, dir string) bool {
-	if dir == "/" {
-		return strings.HasPrefix(p, "/")
-	}
-	return p == dir || strings.HasPrefix(p, dir+"/")
-}
-
-// hostPath returns real path p, which lies within root, as a host path.
-func hostPath(root, p string) string {
-	rel, err := filepath.Rel(root, p)
-	if err != nil || rel == "." {
-		return "/"
-	}
-	return "/" + rel
 }
 
 // uniq returns ss without repeats, in order.

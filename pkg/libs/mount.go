@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 )
 
 // Mounter is mount(2)/umount2(2), faked in tests that only check calls.
@@ -148,7 +150,7 @@ func (s setup) layerDir(layer string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("resolve %s: %w", p, err)
 	}
-	if !within(real, s.tree) {
+	if !hostinfo.Within(real, s.tree) {
 		return "", fmt.Errorf("resolve %s: %s lies outside the tree", p, real)
 	}
 	fi, err := os.Stat(real)
@@ -171,7 +173,7 @@ func (s setup) mountPoint(target string, create bool) (string, error) {
 	for {
 		real, err := filepath.EvalSymlinks(existing)
 		if err == nil {
-			if !within(real, s.root) {
+			if !hostinfo.Within(real, s.root) {
 				return "", fmt.Errorf("resolve %s: %s lies outside the root %s", p, real, s.root)
 			}
 			if len(missing) == 0 {
