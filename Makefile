@@ -21,6 +21,19 @@ help: ## List the targets
 build: ## Build bin/nvidia-driverd
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nvidia-driverd
 
+IMAGE        ?= ghcr.io/nvidia-driverd/nvidia-driverd:latest
+IMAGE_LAYOUT ?= bin/image
+PUSH         ?=
+LDCONFIG     ?= /sbin/ldconfig
+CA_CERTS     ?= /etc/ssl/certs/ca-certificates.crt
+
+.PHONY: image
+image: build ## Build the daemon's image into IMAGE_LAYOUT (bin/image) without Docker; PUSH=1 pushes it to IMAGE
+	$(GO) run ./deploy/image --binary $(BIN) --version $(VERSION) \
+		--revision "$$(git rev-parse HEAD 2>/dev/null)" --mtime "$$(git log -1 --format=%ct 2>/dev/null || echo 0)" \
+		--ldconfig $(LDCONFIG) --ca-certificates $(CA_CERTS) \
+		--name $(IMAGE) --oci-layout $(IMAGE_LAYOUT) $(if $(PUSH),--push $(IMAGE))
+
 .PHONY: deps
 deps: ## Install the Debian packages the tests use (run as root)
 	bash test/deps.sh
