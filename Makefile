@@ -76,16 +76,23 @@ fuzz: ## Run each fuzzer for FUZZTIME (default 15s)
 	done
 
 .PHONY: demo
-demo: deps build ## Show status and plan on sample hosts, then publish and install a driver end to end
+demo: deps ## Boot a VM and narrate the main job: first boot, reboot, OS update (root; cached after the first run)
+	bash test/e2e/demo.sh
+
+.PHONY: demo-hosts
+demo-hosts: deps build ## Show status and plan on sample host trees, then publish and install into one (no VM)
 	bash test/demo.sh $(BIN)
 
 .PHONY: e2e
-e2e: build ## Run the built binary end to end against fixture hosts
+e2e: e2e-cli e2e-vm ## All end-to-end tests: the binary against fixture hosts, then the VM scenarios
+
+.PHONY: e2e-cli
+e2e-cli: build ## Run the built binary end to end against fixture hosts
 	NVIDIA_DRIVERD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 ./test/...
 
 .PHONY: e2e-vm
-e2e-vm: ## Boot a Debian VM (qemu, no KVM needed) and run the end-to-end scenarios in it (root)
-	bash test/e2e/run-e2e.sh
+e2e-vm: ## Boot a Debian VM (qemu, no KVM needed) and run every scenario in it (root; SCENARIOS=... for some)
+	bash test/e2e/run-e2e.sh $(SCENARIOS)
 
 .PHONY: ci
 ci: check-tidy lint test e2e ## Everything CI runs

@@ -12,12 +12,17 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
+// SyslogIdentifier names the daemon's journal entries.
+const SyslogIdentifier = "nvidia-driverd"
+
 // JournalSender sends one entry to the journal; journal.Send is the real one.
 type JournalSender func(message string, priority journal.Priority, vars map[string]string) error
 
 // JournalCore is a zap core that writes each entry to the journal as
-// structured fields: the message as MESSAGE, the level as PRIORITY, the
-// logger name as SYSLOG_IDENTIFIER's companion LOGGER, and every zap field
+// structured fields: the message as MESSAGE, the level as PRIORITY,
+// SYSLOG_IDENTIFIER=nvidia-driverd (so `journalctl -t nvidia-driverd` finds
+// it, as it finds lines written to stderr), the logger name as LOGGER, and
+// every zap field
 // as an upper-case journal field (driver -> DRIVER), so that
 // `journalctl DRIVER=550.54.14` or `journalctl MESSAGE_ID=...` finds it.
 type JournalCore struct {
@@ -60,6 +65,7 @@ func (c *JournalCore) Write(ent zapcore.Entry, fields []zapcore.Field) error {
 		vars[k] = v
 	}
 	addFields(vars, fields)
+	vars["SYSLOG_IDENTIFIER"] = SyslogIdentifier
 	if ent.LoggerName != "" {
 		vars["LOGGER"] = ent.LoggerName
 	}

@@ -36,7 +36,7 @@ func TestJournalCore(t *testing.T) {
 		if e.msg != "driver activated" || e.pri != journal.PriInfo {
 			t.Fatalf("%+v", e)
 		}
-		want := map[string]string{"DRIVER": "550.54.14", "MESSAGE_ID": "0f1a", "KERNEL_RELEASE": "6.1.77-flatcar", "MODULES": "4", "LOGGER": "engine"}
+		want := map[string]string{"DRIVER": "550.54.14", "MESSAGE_ID": "0f1a", "KERNEL_RELEASE": "6.1.77-flatcar", "MODULES": "4", "LOGGER": "engine", "SYSLOG_IDENTIFIER": "nvidia-driverd"}
 		for k, v := range want {
 			if e.vars[k] != v {
 				t.Errorf("%s = %q, want %q", k, e.vars[k], v)

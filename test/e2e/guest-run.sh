@@ -25,6 +25,7 @@ echo "info driverd: NRestarts=$(prop nvidia-driverd NRestarts)"
 journalctl -b -o short-monotonic -u nvidia-driverd >$S/journal-driverd.txt 2>&1
 journalctl -b -o short-monotonic >$S/journal.txt 2>&1
 journalctl -b -o export -u nvidia-driverd >$S/journal-driverd.export 2>&1
+journalctl -b -o json -u nvidia-driverd >$S/journal-driverd.json 2>&1
 /opt/bin/nvidia-driverd status --json >$S/status.json 2>$S/status.stderr
 status_rc=$?
 /opt/bin/nvidia-driverd status >$S/status.txt 2>&1
