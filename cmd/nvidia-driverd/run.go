@@ -18,6 +18,7 @@ import (
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/updateengine"
 )
 
 // activator builds the real seams: finit_module, mount(2), systemd over
@@ -39,6 +40,31 @@ func (g *globals) daemon(notify daemon.Notifier) *daemon.Daemon {
 		Target: func(f engine.Facts, driver string) (engine.Target, error) {
 			return g.target(f, driver, "", "")
 		},
+	}
+}
+
+// followUpdates gives the daemon what it follows to prefetch the driver
+// for the next boot: update_engine on the system bus (Flatcar, CoreOS;
+// $DBUS_SYSTEM_BUS_ADDRESS names the bus, as in the DaemonSet), or the
+// host's kernel directories (other hosts, when the tag template names
+// the kernel release). The daemon picks one by the host's OS.
+func (g *globals) followUpdates(d *daemon.Daemon) {
+	d.PrefetchTarget = func(f engine.Facts, driver string, u daemon.StagedUpdate) (engine.Target, error) {
+		return g.target(f, driver, u.OSVersion, u.KernelRelease)
+	}
+	d.UpdateEngine = func(ctx context.Context) <-chan updateengine.Status {
+		w := &updateengine.Watcher{Connect: updateengine.SystemBus, Log: g.log}
+		return w.Watch(ctx)
+	}
+	d.Kernels = func(ctx context.Context) <-chan string {
+		// Kernels installed since boot, before the daemon (re)started,
+		// count as new too.
+		since, err := updateengine.BootTime()
+		if err != nil {
+			g.log.Warn("kernel watch: boot time unknown; only kernels installed from now on count", zap.Error(err))
+		}
+		w := &updateengine.KernelWatcher{Root: g.root, Since: since, Log: g.log}
+		return w.Watch(ctx)
 	}
 }
 
@@ -122,7 +148,15 @@ When the driver cannot be made usable, failure-policy decides: fail exits
 non-zero so units that Require= this one (kubelet) do not start;
 keep-previous activates the previous tree if it matches the kernel, and
 otherwise reports "degraded" in STATUS= and stays up. A freshly installed
-tree that fails to activate is rolled back and its image is not retried.`,
+tree that fails to activate is rolled back and its image is not retried.
+
+With prefetch (on by default), the daemon then follows what the next boot
+runs: update_engine's staged update on Flatcar and CoreOS, newly installed
+kernels elsewhere when tag-template names .KernelRelease. It fetches the
+driver for it into the store ahead of the reboot, without switching
+current or loading anything, and retries failures with a backoff; after
+the reboot the tree is found and switched to without a download. 'status'
+shows the latest prefetch.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -134,6 +168,9 @@ tree that fails to activate is rolled back and its image is not retried.`,
 			d := g.daemon(systemd.NewNotifier(true))
 			if u, ok := d.Activator.Units.(*systemd.Units); ok {
 				defer u.Close()
+			}
+			if g.cfg.Config.Prefetch {
+				g.followUpdates(d)
 			}
 			return d.Run(ctx, hup)
 		},

@@ -22,7 +22,8 @@ func newStatusCommand(g *globals) *cobra.Command {
 		Short: "Show what is installed, loaded and planned",
 		Long: `Show the host as nvidia-driverd sees it: OS, running kernel and its vermagic,
 NVIDIA GPUs, loaded driver modules, installed driver trees and whether each
-matches the running kernel, and what 'run' would do now.
+matches the running kernel, the latest prefetch for a staged OS update or a
+new kernel, and what 'run' would do now.
 
 Exit status: 0 when the host could be read, 1 when it could not, 2 for bad
 flags or configuration.`,
@@ -82,7 +83,9 @@ func (g *globals) report() (engine.Report, error) {
 	d := engine.Plan(facts, cfg, engine.State{BadDigests: st.Reasons()})
 	g.log.Debug("planned", zap.String("action", string(d.Action)), zap.String("reason", d.Reason),
 		zap.String("kernel", facts.Kernel.Release), zap.String("root", g.root))
-	return engine.NewReport(facts, cfg, d), nil
+	r := engine.NewReport(facts, cfg, d)
+	r.Prefetch = engine.NewPrefetchReport(st.Prefetch, facts)
+	return r, nil
 }
 
 func writeJSON(w io.Writer, v any) error {
@@ -160,6 +163,12 @@ func writeStatus(w io.Writer, r engine.Report) error {
 			label = "Problems"
 		}
 		line(label, "%s", p)
+	}
+	if p := r.Prefetch; p != nil {
+		line("Prefetch", "%s", p.Summary)
+		if p.Tree != "" {
+			line("", "into %s", p.Tree)
+		}
 	}
 	line("Plan", "%s: %s", r.Plan.Action, r.Plan.Reason)
 	if r.Plan.Image != "" {

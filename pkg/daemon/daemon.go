@@ -6,6 +6,10 @@
 // installs, gathers facts, plans, fetches and switches when needed, and
 // activates. READY=1 is sent only once the driver is usable: modules
 // loaded, device nodes created, persistenced active.
+//
+// With prefetch set, the daemon then follows what the next boot runs (a
+// staged Flatcar update, a newly installed kernel) and fetches the driver
+// for it ahead of the reboot, without switching to it.
 package daemon
 
 import (
@@ -22,6 +26,7 @@ import (
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/updateengine"
 )
 
 // Notifier is the sd_notify side; *systemd.Notifier is the real one.
@@ -50,6 +55,25 @@ type Daemon struct {
 	// Progress, when set, also receives download progress (a terminal's
 	// progress line for one-shot commands).
 	Progress func(done, total int64)
+
+	// With Config.Prefetch, Run follows one of these after READY=1:
+	// UpdateEngine on Flatcar and CoreOS, Kernels on other hosts when the
+	// tag template names the kernel release.
+	UpdateEngine func(ctx context.Context) <-chan updateengine.Status
+	Kernels      func(ctx context.Context) <-chan string
+	// PrefetchTarget returns the target for a staged update; prefetching
+	// is off without it.
+	PrefetchTarget func(f engine.Facts, driver string, u StagedUpdate) (engine.Target, error)
+	// PrefetchRetry is the wait before retry n (1, 2, ...) of a failed
+	// prefetch; nil means RetryDelay.
+	PrefetchRetry func(n int) time.Duration
+	// OnPrefetch, when set, is called with each prefetch state recorded
+	// (fetching, ready, failed), from the prefetcher's goroutine.
+	OnPrefetch func(store.Prefetch)
+
+	mu           sync.Mutex // guards the two below
+	outcome      string     // STATUS= of the last reconcile
+	prefetchNote string     // STATUS= of the prefetch, appended
 }
 
 // Outcome is the result of one reconcile.
@@ -71,13 +95,27 @@ func (o Outcome) Status() string {
 // re-checks (RELOADING=1 ... READY=1), ctx's end stops (STOPPING=1). It
 // returns the reconcile error when the failure policy is fail, so the
 // unit fails and Requires= dependants such as kubelet do not start.
+// With Config.Prefetch, the prefetcher runs from READY=1 until Run
+// returns.
 func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 	out, err := d.Reconcile(ctx)
 	if err != nil {
 		d.notify(d.Notify.Status("failed: " + err.Error()))
 		return err
 	}
-	d.notify(d.Notify.Ready(out.Status()))
+	d.notify(d.Notify.Ready(d.setOutcome(out)))
+	if d.Config.Prefetch {
+		pctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			d.prefetcher(pctx)
+		}()
+		defer func() {
+			stop()
+			<-done
+		}()
+	}
 
 	var tick <-chan time.Time
 	if iv := d.Notify.WatchdogInterval(); iv > 0 {
@@ -102,7 +140,7 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 				d.notify(d.Notify.Ready("re-check failed, previous state kept: " + err.Error()))
 				continue
 			}
-			d.notify(d.Notify.Ready(out.Status()))
+			d.notify(d.Notify.Ready(d.setOutcome(out)))
 		}
 	}
 }

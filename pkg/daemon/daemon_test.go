@@ -173,8 +173,14 @@ type rig struct {
 // images.
 func newRig(t *testing.T, cfg func(*config.Config)) *rig {
 	t.Helper()
+	return newRigOn(t, "flatcar-updated", cfg)
+}
+
+// newRigOn is newRig on another sample host.
+func newRigOn(t *testing.T, host string, cfg func(*config.Config)) *rig {
+	t.Helper()
 	root := t.TempDir()
-	if err := hostfixture.Make("../../test/fixtures/hosts", root, hostfixture.Specs["flatcar-updated"]); err != nil {
+	if err := hostfixture.Make("../../test/fixtures/hosts", root, hostfixture.Specs[host]); err != nil {
 		t.Fatal(err)
 	}
 	// ldconfig -r <root> reads the root's own configuration.

@@ -1,7 +1,11 @@
 package engine
 
 import (
+	"fmt"
+	"time"
+
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 )
 
@@ -18,6 +22,9 @@ type Report struct {
 	GPUs      []GPUReport             `json:"gpus"`
 	Plan      Decision                `json:"plan"`
 	Problems  []string                `json:"problems,omitempty"`
+	// Prefetch is the latest prefetch for a staged OS update or a new
+	// kernel (see NewPrefetchReport), nil when there was none.
+	Prefetch *PrefetchReport `json:"prefetch,omitempty"`
 }
 
 // OSReport identifies the operating system.
@@ -116,3 +123,80 @@ func treeReport(t store.Tree, k Kernel, modules []string) TreeReport {
 	}
 	return tr
 }
+
+// PrefetchReport describes the latest prefetch: a driver tree fetched
+// ahead of a reboot into another OS version or kernel.
+type PrefetchReport struct {
+	Driver        string `json:"driver"`
+	OSVersion     string `json:"os_version,omitempty"`
+	KernelRelease string `json:"kernel_release,omitempty"`
+	Tag           string `json:"tag"`
+	Tree          string `json:"tree,omitempty"`
+	Digest        string `json:"digest,omitempty"`
+	// State is fetching, ready or failed (the store.Prefetch* constants).
+	State    string    `json:"state"`
+	Error    string    `json:"error,omitempty"`
+	At       time.Time `json:"at"`
+	Attempts int       `json:"attempts"`
+	// NextRetry is when a failed prefetch is tried again, if scheduled.
+	NextRetry *time.Time `json:"next_retry,omitempty"`
+	// Booted is true once the host runs the OS version and kernel the
+	// tree was fetched for: the reboot happened.
+	Booted bool `json:"booted"`
+	// Summary is the line `status` prints.
+	Summary string `json:"summary"`
+}
+
+// NewPrefetchReport describes p on the host f describes; nil for nil.
+func NewPrefetchReport(p *store.Prefetch, f Facts) *PrefetchReport {
+	if p == nil {
+		return nil
+	}
+	r := &PrefetchReport{Driver: p.Driver, OSVersion: p.OSVersion, KernelRelease: p.KernelRelease, Tag: p.Tag,
+		Tree: p.Tree, Digest: p.Digest, State: p.State, Error: p.Error, At: p.At, Attempts: p.Attempts,
+		Booted: (p.OSVersion == "" || p.OSVersion == f.OS.OSVersion()) &&
+			(p.KernelRelease == "" || p.KernelRelease == f.Kernel.Release)}
+	if !p.NextRetry.IsZero() {
+		next := p.NextRetry
+		r.NextRetry = &next
+	}
+	r.Summary = r.summary(f.OS.Family())
+	return r
+}
+
+// summary says in a line what the prefetch did, e.g. "prefetched
+// 4081.2.0-550.54.14 for the staged update".
+func (r *PrefetchReport) summary(family string) string {
+	what, into := "for the staged update", "OS "+r.OSVersion
+	if family != hostinfo.FamilyFlatcar && family != hostinfo.FamilyCoreOS && r.KernelRelease != "" {
+		what, into = "for kernel "+r.KernelRelease, "kernel "+r.KernelRelease
+	}
+	name := r.Tag
+	if name == "" { // failed before the tag was known
+		name = "the driver"
+	}
+	switch {
+	case r.State == store.PrefetchReady && r.Booted:
+		return fmt.Sprintf("%s was prefetched before the reboot into %s", name, into)
+	case r.State == store.PrefetchReady:
+		return fmt.Sprintf("prefetched %s %s", name, what)
+	case r.State == store.PrefetchFetching:
+		return fmt.Sprintf("prefetching %s %s", name, what)
+	}
+	s := fmt.Sprintf("prefetch of %s %s failed", name, what)
+	if r.Attempts > 0 {
+		s += fmt.Sprintf(" (attempt %d)", r.Attempts)
+	}
+	if r.Error != "" {
+		s += ": " + r.Error
+	}
+	if r.NextRetry != nil {
+		s += "; next try at " + r.NextRetry.Local().Format(RetryTimeFormat)
+	} else {
+		s += "; no retry scheduled"
+	}
+	return s
+}
+
+// RetryTimeFormat is how a prefetch's next try is written in summaries.
+const RetryTimeFormat = "2006-01-02 15:04:05 MST"

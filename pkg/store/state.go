@@ -15,17 +15,52 @@ import (
 // StateFile is the daemon's memory between runs, in the store directory.
 const StateFile = "state.json"
 
-// State is what the daemon remembers between runs.
+// State is what the daemon remembers between runs. Fields added later are
+// optional, so older state files stay readable.
 type State struct {
 	// BadDigests are images whose trees failed to activate, with why and
 	// when, so that the same image is not retried in a loop.
 	BadDigests map[string]BadDigest `json:"bad_digests,omitempty"`
+	// Prefetch is the latest fetch of a driver for a staged OS update or
+	// a newly installed kernel, nil when there was none.
+	Prefetch *Prefetch `json:"prefetch,omitempty"`
 }
 
 // BadDigest records one failed activation.
 type BadDigest struct {
 	Reason string    `json:"reason"`
 	At     time.Time `json:"at"`
+}
+
+// The states of a Prefetch.
+const (
+	PrefetchFetching = "fetching" // a fetch is under way (or was cut off)
+	PrefetchReady    = "ready"    // the tree is in the store
+	PrefetchFailed   = "failed"   // the last attempt failed; see Error and NextRetry
+)
+
+// Prefetch records the fetch of a driver tree for what the next boot
+// runs: an OS version (Flatcar, CoreOS) or a kernel release (other hosts).
+// `current` is never switched to it; after the reboot the daemon finds the
+// tree and switches without a download.
+type Prefetch struct {
+	Driver string `json:"driver"`
+	// OSVersion is the OS version the tree is for.
+	OSVersion string `json:"os_version,omitempty"`
+	// KernelRelease is the kernel the modules are for: the new kernel on a
+	// generic host, or the one the image's label named on Flatcar ("" until
+	// the image was read).
+	KernelRelease string    `json:"kernel_release,omitempty"`
+	Tag           string    `json:"tag"`
+	Tree          string    `json:"tree,omitempty"`   // host path of the tree, once installed
+	Digest        string    `json:"digest,omitempty"` // image digest, once resolved
+	State         string    `json:"state"`
+	Error         string    `json:"error,omitempty"` // why the last attempt failed
+	At            time.Time `json:"at"`              // when State was reached
+	Attempts      int       `json:"attempts"`        // attempts for this target so far
+	// NextRetry is when a failed prefetch is tried again; zero when no
+	// retry is scheduled.
+	NextRetry time.Time `json:"next_retry,omitzero"`
 }
 
 // Reasons returns the bad digests with their reasons.
@@ -62,20 +97,33 @@ func (s *Store) MarkBad(digest, reason string) error {
 	if digest == "" {
 		return nil
 	}
+	return s.updateState(func(st *State) {
+		if st.BadDigests == nil {
+			st.BadDigests = map[string]BadDigest{}
+		}
+		st.BadDigests[digest] = BadDigest{Reason: reason, At: time.Now().UTC()}
+	})
+}
+
+// SetPrefetch records p as the latest prefetch, replacing the one before.
+// The state file is replaced atomically. Call with the lock held.
+func (s *Store) SetPrefetch(p Prefetch) error {
+	return s.updateState(func(st *State) { st.Prefetch = &p })
+}
+
+// updateState reads the state file, applies change and replaces the file.
+func (s *Store) updateState(change func(*State)) error {
 	st, err := ReadState(s.root, s.dir)
 	if err != nil {
 		return err
 	}
-	if st.BadDigests == nil {
-		st.BadDigests = map[string]BadDigest{}
-	}
-	st.BadDigests[digest] = BadDigest{Reason: reason, At: time.Now().UTC()}
+	change(&st)
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
 	if _, err := atomicfile.Replace(filepath.Join(s.fs(s.dir), StateFile), data, 0o644); err != nil {
-		return fmt.Errorf("write state: %w", err)
+		return fmt.Errorf("write state %s: %w", filepath.Join(s.dir, StateFile), err)
 	}
 	return nil
 }

@@ -1,0 +1,147 @@
+package updateengine
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+)
+
+func staged(v string) func(Status) bool {
+	return func(s Status) bool { return s.Staged() == v }
+}
+
+// watch starts a Watcher on b with short backoffs.
+func watch(ctx context.Context, b *testBus) <-chan Status {
+	w := &Watcher{Connect: b.dial, MinDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond}
+	return w.Watch(ctx)
+}
+
+func TestWatch(t *testing.T) {
+	t.Run("the status at start, then every StatusUpdate", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		b := newTestBus(t)
+		f := newFakeEngine(t, b, Status{LastCheckedTime: 1700000000, Operation: StatusIdle})
+		ch := watch(ctx, b)
+		first := waitStatus(ctx, t, ch, "IDLE", func(s Status) bool { return true })
+		if first != (Status{LastCheckedTime: 1700000000, Operation: StatusIdle}) {
+			t.Fatalf("first status %+v", first)
+		}
+		f.emit(t, Status{LastCheckedTime: 1700000100, Progress: 0.5, Operation: StatusDownloading, NewVersion: "4081.2.0", NewSize: 300 << 20})
+		got := waitStatus(ctx, t, ch, "DOWNLOADING", func(s Status) bool { return s.Operation == StatusDownloading })
+		if got.NewVersion != "4081.2.0" || got.Progress != 0.5 || got.NewSize != 300<<20 || got.Staged() != "" {
+			t.Fatalf("%+v", got)
+		}
+		f.emit(t, Status{LastCheckedTime: 1700000200, Progress: 1, Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0", NewSize: 300 << 20})
+		waitStatus(ctx, t, ch, "4081.2.0 staged", staged("4081.2.0"))
+	})
+
+	t.Run("a restarted update_engine is asked for its status again", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		b := newTestBus(t)
+		f := newFakeEngine(t, b, Status{Operation: StatusIdle})
+		ch := (&Watcher{Connect: b.dial, MinDelay: time.Hour}).Watch(ctx)
+		waitStatus(ctx, t, ch, "IDLE", func(s Status) bool { return s.Operation == StatusIdle })
+		f.stop()
+		// The new instance finds a staged update and sends no signal about
+		// it: only GetStatus can tell.
+		newFakeEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
+		waitStatus(ctx, t, ch, "4081.2.0 staged", staged("4081.2.0"))
+	})
+
+	t.Run("an update_engine absent at the start is followed once it appears", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		b := newTestBus(t)
+		calls := monitor(t, b, "type='method_call',member='GetStatus'")
+		// No retry within the test: only the name's appearance can make
+		// the watcher ask again.
+		ch := (&Watcher{Connect: b.dial, MinDelay: time.Hour}).Watch(ctx)
+		select {
+		case <-calls: // asked, and got ServiceUnknown
+		case <-ctx.Done():
+			t.Fatal("the watcher never asked for the status")
+		}
+		probe, err := b.dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer probe.Close()
+		if _, err := GetStatus(ctx, probe); err == nil || !strings.Contains(err.Error(), BusName) {
+			t.Fatalf("GetStatus with no update_engine = %v", err)
+		}
+		newFakeEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
+		waitStatus(ctx, t, ch, "4081.2.0 staged", staged("4081.2.0"))
+	})
+
+	t.Run("after the bus restarts it reconnects and asks again", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		b := newTestBus(t)
+		newFakeEngine(t, b, Status{Operation: StatusIdle})
+		ch := watch(ctx, b)
+		waitStatus(ctx, t, ch, "IDLE", func(s Status) bool { return s.Operation == StatusIdle })
+		b.restart()
+		f := newFakeEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
+		waitStatus(ctx, t, ch, "4081.2.0 staged", staged("4081.2.0"))
+		// The new connection is subscribed to the signal too.
+		f.emit(t, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.3.0"})
+		waitStatus(ctx, t, ch, "4081.3.0 staged", staged("4081.3.0"))
+	})
+
+	t.Run("a failing connect is retried until the bus is there", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		b := newTestBus(t)
+		newFakeEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
+		fails := 3
+		connect := func() (*dbus.Conn, error) {
+			if fails > 0 {
+				fails--
+				return nil, errors.New("no bus yet")
+			}
+			return b.dial()
+		}
+		ch := (&Watcher{Connect: connect, MinDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond}).Watch(ctx)
+		waitStatus(ctx, t, ch, "4081.2.0 staged", staged("4081.2.0"))
+		if fails != 0 {
+			t.Fatalf("%d connects left", fails)
+		}
+	})
+
+	t.Run("the channel is closed when the context ends", func(t *testing.T) {
+		b := newTestBus(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		ch := watch(ctx, b)
+		cancel()
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case _, ok := <-ch:
+				if !ok {
+					return
+				}
+			case <-deadline:
+				t.Fatal("channel not closed")
+			}
+		}
+	})
+}
+
+func TestParseStatus(t *testing.T) {
+	s, err := parseStatus([]any{int64(1), 0.25, StatusUpdatedNeedReboot, "4081.2.0", int64(42)})
+	if err != nil || s != (Status{1, 0.25, StatusUpdatedNeedReboot, "4081.2.0", 42}) || s.Staged() != "4081.2.0" {
+		t.Fatalf("%+v, %v", s, err)
+	}
+	if _, err := parseStatus([]any{int64(1), 0.25, StatusIdle, "", int32(42)}); err == nil || !strings.Contains(err.Error(), "value 4 is int32") {
+		t.Fatalf("wrong type: %v", err)
+	}
+	if _, err := parseStatus([]any{int64(1)}); err == nil || !strings.Contains(err.Error(), "1 values") {
+		t.Fatalf("short body: %v", err)
+	}
+}
