@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/metrics"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/updateengine"
@@ -135,6 +137,33 @@ command says a reboot is needed.`,
 	return cmd
 }
 
+// metrics gives the daemon its metrics when metrics-addr or
+// metrics-textfile asks for them, and serves them until ctx ends. Metrics
+// that cannot be served (the port is taken, the textfile directory is
+// missing) are logged as errors but never keep the driver from being
+// activated and kubelet from starting.
+func (g *globals) metrics(ctx context.Context, d *daemon.Daemon) *metrics.Server {
+	c := g.cfg.Config
+	if c.MetricsAddr == "" && c.MetricsTextfile == "" {
+		return nil
+	}
+	d.Metrics = metrics.New()
+	if c.MetricsTextfile != "" {
+		if err := d.Metrics.SetTextfile(filepath.Join(g.root, c.MetricsTextfile), g.log); err != nil {
+			g.log.Error("metrics textfile", zap.Error(err))
+		}
+	}
+	srv, err := d.Metrics.Serve(ctx, c.MetricsAddr, g.log)
+	if err != nil {
+		g.log.Error("metrics not served", zap.Error(err))
+		return nil
+	}
+	if srv != nil {
+		g.log.Info("serving metrics", zap.String("addr", srv.Addr().String()))
+	}
+	return srv
+}
+
 func newRunCommand(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "run",
@@ -156,7 +185,11 @@ kernels elsewhere when tag-template names .KernelRelease. It fetches the
 driver for it into the store ahead of the reboot, without switching
 current or loading anything, and retries failures with a backoff; after
 the reboot the tree is found and switched to without a download. 'status'
-shows the latest prefetch.`,
+shows the latest prefetch.
+
+Metrics (off by default): metrics-addr serves Prometheus metrics on
+/metrics and readiness on /healthz; metrics-textfile writes them for
+node_exporter's textfile collector after every change.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -172,7 +205,13 @@ shows the latest prefetch.`,
 			if g.cfg.Config.Prefetch {
 				g.followUpdates(d)
 			}
-			return d.Run(ctx, hup)
+			srv := g.metrics(ctx, d)
+			err := d.Run(ctx, hup)
+			cancel() // stops the metrics server
+			if werr := srv.Wait(); werr != nil {
+				g.log.Warn("metrics server", zap.Error(werr))
+			}
+			return err
 		},
 	}
 }

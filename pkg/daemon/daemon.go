@@ -24,6 +24,7 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/metrics"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/updateengine"
@@ -70,6 +71,8 @@ type Daemon struct {
 	// OnPrefetch, when set, is called with each prefetch state recorded
 	// (fetching, ready, failed), from the prefetcher's goroutine.
 	OnPrefetch func(store.Prefetch)
+	// Metrics receives readiness, durations and failures; nil is fine.
+	Metrics *metrics.Metrics
 
 	mu           sync.Mutex // guards the two below
 	outcome      string     // STATUS= of the last reconcile
@@ -81,6 +84,11 @@ type Outcome struct {
 	Tree     string // the active tree
 	Driver   string
 	Degraded string // why the driver is not usable but the daemon stays up
+	// Kept says why the wanted driver is not the one active: keep-previous
+	// fell back to Tree.
+	Kept string
+	// What the metrics' info labels show.
+	Kernel, OSVersion, Digest string
 }
 
 // Status is the one-line STATUS= text for an outcome.
@@ -88,7 +96,36 @@ func (o Outcome) Status() string {
 	if o.Degraded != "" {
 		return "degraded: " + o.Degraded
 	}
-	return fmt.Sprintf("driver %s active from %s", o.Driver, o.Tree)
+	s := fmt.Sprintf("driver %s active from %s", o.Driver, o.Tree)
+	if o.Kept != "" {
+		s += " (previous driver kept: " + o.Kept + ")"
+	}
+	return s
+}
+
+// activeOutcome is the Outcome of an activated tree; facts may predate its
+// install.
+func (d *Daemon) activeOutcome(f engine.Facts, tree, driver string) Outcome {
+	o := Outcome{Tree: tree, Driver: driver, Kernel: f.Kernel.Release, OSVersion: f.OS.OSVersion()}
+	t := f.Store.Tree(tree)
+	if t == nil {
+		read := store.ReadTree(d.Root, tree, driver, "")
+		t = &read
+	}
+	if t.Meta != nil {
+		o.Digest = t.Meta.Digest
+	}
+	return o
+}
+
+// report hands a reconcile's result to the metrics.
+func (d *Daemon) report(out Outcome, err error) {
+	if err != nil || out.Degraded != "" {
+		d.Metrics.NotReady()
+	} else {
+		d.Metrics.Ready(metrics.Info{Driver: out.Driver, Kernel: out.Kernel, OSVersion: out.OSVersion, Digest: out.Digest, Tree: out.Tree})
+	}
+	d.Metrics.Reconciled()
 }
 
 // Run reconciles, reports READY=1, and then waits: a value on reload
@@ -99,6 +136,7 @@ func (o Outcome) Status() string {
 // returns.
 func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 	out, err := d.Reconcile(ctx)
+	d.report(out, err)
 	if err != nil {
 		d.notify(d.Notify.Status("failed: " + err.Error()))
 		return err
@@ -134,12 +172,15 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 			d.notify(d.Notify.Reloading("re-checking the driver"))
 			out, err := d.Reconcile(ctx)
 			if err != nil {
+				d.Metrics.Failure(metrics.StepOther)
+				d.Metrics.Reconciled()
 				// The driver that was ready stays loaded; say so and keep
 				// serving rather than take kubelet down on a reload.
 				d.Log.Error("re-check failed", zap.Error(err))
 				d.notify(d.Notify.Ready("re-check failed, previous state kept: " + err.Error()))
 				continue
 			}
+			d.report(out, nil)
 			d.notify(d.Notify.Ready(d.setOutcome(out)))
 		}
 	}
@@ -199,10 +240,12 @@ func (d *Daemon) Converge(ctx context.Context, s *store.Store) (Outcome, error) 
 func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error) {
 	facts, err := engine.Gather(d.Root, d.Config)
 	if err != nil {
+		d.Metrics.Failure(metrics.StepGather)
 		return Outcome{}, err
 	}
 	st, err := store.ReadState(d.Root, d.Config.Store)
 	if err != nil {
+		d.Metrics.Failure(metrics.StepGather)
 		return Outcome{}, err
 	}
 	plan := engine.Plan(facts, d.Config, engine.State{BadDigests: st.Reasons()})
@@ -211,18 +254,25 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 	d.notify(d.Notify.Status(fmt.Sprintf("%s: %s", plan.Action, plan.Reason)))
 
 	tree := plan.Tree
+	installStart := time.Now()
 	switch plan.Action {
 	case engine.ActionRefuse:
+		d.Metrics.Failure(metrics.StepPlan)
 		return Outcome{}, errors.New(plan.Reason)
 	case engine.ActionInstall:
 		if tree, err = d.fetch(ctx, s, facts, plan.Driver); err != nil {
+			d.Metrics.Failure(metrics.StepFetch)
 			return Outcome{}, err
 		}
 	}
 	before := facts.Store.Current
 	if tree != "" && tree != before {
 		if _, err := s.Switch(tree); err != nil {
+			d.Metrics.Failure(metrics.StepSwitch)
 			return Outcome{}, err
+		}
+		if plan.Action == engine.ActionInstall {
+			d.Metrics.ObserveInstall(time.Since(installStart))
 		}
 		if before == "" {
 			log.Info("driver installed", zap.String("to", tree))
@@ -238,6 +288,7 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 
 	d.notify(d.Notify.Status("activating " + tree))
 	d.Activator.Observe = d.observer(log, tree)
+	activateStart := time.Now()
 	act, err := d.Activator.Activate(ctx, facts, tree)
 	if err != nil {
 		if errors.Is(err, engine.ErrRebootNeeded) {
@@ -259,9 +310,11 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 			loaded = append(loaded, m.Name)
 		}
 	}
+	d.Metrics.ObserveActivation(time.Since(activateStart))
 	log.Info("driver activated", systemd.MessageID(systemd.MessageDriverActivated), zap.String("tree", tree),
-		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted))
-	return Outcome{Tree: tree, Driver: plan.Driver}, nil
+		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted),
+		zap.String("cdi", act.CDI))
+	return d.activeOutcome(facts, tree, plan.Driver), nil
 }
 
 // observer logs each activation step of tree as started, finished or
@@ -274,6 +327,7 @@ func (d *Daemon) observer(log *zap.Logger, tree string) func(string, bool, error
 			l.Info("step started")
 			d.notify(d.Notify.Status(fmt.Sprintf("activating %s: %s", tree, step)))
 		case err != nil:
+			d.Metrics.Failure(step)
 			l.Error("step failed", zap.Error(err))
 		default:
 			l.Info("step finished")
@@ -355,7 +409,9 @@ func (d *Daemon) keepPrevious(ctx context.Context, s *store.Store, cause error) 
 		d.Activator.Observe = d.observer(d.Log, p)
 		if _, err := d.Activator.Activate(ctx, facts, p); err == nil {
 			d.Log.Warn("kept the previous driver", zap.String("tree", p), zap.NamedError("cause", cause))
-			return Outcome{Tree: p, Driver: t.Driver}, nil
+			out := d.activeOutcome(facts, p, t.Driver)
+			out.Kept = cause.Error()
+			return out, nil
 		}
 	}
 	return Outcome{Degraded: cause.Error()}, nil

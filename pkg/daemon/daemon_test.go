@@ -398,6 +398,11 @@ func TestRun(t *testing.T) {
 		if err != nil || out.Tree != "/opt/nvidia/535.161.07/"+osVer || out.Degraded != "" {
 			t.Fatalf("%+v, %v", out, err)
 		}
+		// STATUS= says which driver runs and why it is not the wanted one.
+		if st := out.Status(); !strings.Contains(st, "driver 535.161.07 active from") || !strings.Contains(st, "(previous driver kept: ") ||
+			!strings.Contains(st, "has no image tagged "+imgTag) {
+			t.Errorf("STATUS=%s", st)
+		}
 	})
 
 	t.Run("SIGHUP re-checks with RELOADING and READY; stopping says STOPPING", func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/metrics"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/updateengine"
@@ -301,6 +302,14 @@ func (d *Daemon) prefetchFailed(ctx context.Context, running engine.Facts, s *st
 func (d *Daemon) prefetchState(p store.Prefetch, running engine.Facts) {
 	if r := engine.NewPrefetchReport(&p, running); r != nil {
 		d.setPrefetchNote(r.Summary)
+	}
+	staged := p.OSVersion
+	if staged == "" || staged == running.OS.OSVersion() {
+		staged = p.KernelRelease // a new kernel on a generic host
+	}
+	d.Metrics.Prefetch(staged, p.State == store.PrefetchReady)
+	if p.State == store.PrefetchFailed {
+		d.Metrics.Failure(metrics.StepPrefetch)
 	}
 	if d.OnPrefetch != nil {
 		d.OnPrefetch(p)

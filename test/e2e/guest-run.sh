@@ -179,7 +179,10 @@ keep-previous)
 	eq "registry down" "$(prop e2e-registry ActiveState)" inactive
 	eq "nvidia-driverd.service is active (keep-previous)" "$(prop nvidia-driverd ActiveState)" active
 	st=$(prop nvidia-driverd StatusText)
-	echo "info status text: $st"
+	case $st in
+	*"active from /opt/nvidia/550.54.14/$rel (previous driver kept: "*"127.0.0.1:5000"*) ok "status text says which driver runs and why: $st" ;;
+	*) nok "status text does not say the previous driver was kept and why: '$st'" ;;
+	esac
 	eq "the previous driver is loaded" "$(cat /sys/module/nvidia/version 2>&1)" 550.54.14
 	eq "current is the tree matching this kernel" "$(readlink /opt/nvidia/current)" "550.54.14/$rel"
 	if journalctl -b -u nvidia-driverd -o verbose | grep -q "127.0.0.1:5000.*connection refused"; then
