@@ -27,6 +27,7 @@ import (
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/unpack"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/updateengine"
+	"github.com/nvidia-driverd/nvidia-driverd/test/dbustest"
 	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 	"github.com/nvidia-driverd/nvidia-driverd/test/kofixture"
 )
@@ -164,9 +165,9 @@ func newPrefetchRig(t *testing.T, host string, cfg func(*config.Config)) *prefet
 }
 
 // followBus makes the daemon follow update_engine on b.
-func (p *prefetchRig) followBus(b *testBus) {
+func (p *prefetchRig) followBus(b *dbustest.Bus) {
 	p.d.UpdateEngine = func(ctx context.Context) <-chan updateengine.Status {
-		w := &updateengine.Watcher{Connect: b.dial, Log: p.d.Log, MinDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond}
+		w := &updateengine.Watcher{Connect: b.Connect, Log: p.d.Log, MinDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond}
 		return w.Watch(ctx)
 	}
 }
@@ -284,8 +285,8 @@ func TestPrefetch(t *testing.T) {
 		p := newPrefetchRig(t, "flatcar-updated", nil)
 		p.reg.publish(t, imgTag, osVer, kernel)
 		p.reg.publish(t, stagedTag, stagedOS, stagedKernel)
-		b := newTestBus(t)
-		f := newFakeEngine(t, b, updateengine.Status{Operation: updateengine.StatusIdle})
+		b := dbustest.New(t)
+		f := dbustest.NewUpdateEngine(t, b, updateengine.Status{Operation: updateengine.StatusIdle})
 		p.followBus(b)
 		stop, _ := p.run(t)
 		n.until(t, "READY=1")
@@ -294,8 +295,8 @@ func TestPrefetch(t *testing.T) {
 		}
 		loadedBefore := len(p.kernel.loaded())
 
-		f.emit(t, updateengine.Status{Operation: updateengine.StatusDownloading, Progress: 0.5, NewVersion: stagedOS})
-		f.emit(t, needReboot(stagedOS))
+		f.Emit(t, updateengine.Status{Operation: updateengine.StatusDownloading, Progress: 0.5, NewVersion: stagedOS})
+		f.Emit(t, needReboot(stagedOS))
 		st := p.waitState(t, "ready", func(s store.Prefetch) bool { return s.State == store.PrefetchReady })
 		if st.Tree != stagedTree || st.OSVersion != stagedOS || st.KernelRelease != stagedKernel || st.Tag != stagedTag ||
 			st.Driver != driver || !strings.HasPrefix(st.Digest, "sha256:") || st.Attempts != 1 || !st.NextRetry.IsZero() {
@@ -328,7 +329,7 @@ func TestPrefetch(t *testing.T) {
 		}
 		// update_engine repeats itself; nothing is fetched again.
 		before := p.reg.requests.Load()
-		f.emit(t, needReboot(stagedOS))
+		f.Emit(t, needReboot(stagedOS))
 		waitLogs(t, p.logs, "staged update", zap.Bool("repeated", true))
 		if err := stop(); err != nil {
 			t.Fatal(err)
@@ -388,8 +389,8 @@ func TestPrefetch(t *testing.T) {
 			retries <- n
 			return 50 * time.Millisecond
 		}
-		b := newTestBus(t)
-		newFakeEngine(t, b, needReboot(stagedOS)) // staged before the daemon started
+		b := dbustest.New(t)
+		dbustest.NewUpdateEngine(t, b, needReboot(stagedOS)) // staged before the daemon started
 		p.followBus(b)
 		stop, _ := p.run(t)
 		defer func() {
@@ -436,8 +437,8 @@ func TestPrefetch(t *testing.T) {
 		p := newPrefetchRig(t, "flatcar-updated", nil)
 		p.reg.publish(t, imgTag, osVer, kernel)
 		p.d.PrefetchRetry = func(int) time.Duration { return time.Hour } // no retry within the test
-		b := newTestBus(t)
-		f := newFakeEngine(t, b, updateengine.Status{Operation: updateengine.StatusIdle})
+		b := dbustest.New(t)
+		f := dbustest.NewUpdateEngine(t, b, updateengine.Status{Operation: updateengine.StatusIdle})
 		p.followBus(b)
 		stop, _ := p.run(t)
 		defer func() {
@@ -446,7 +447,7 @@ func TestPrefetch(t *testing.T) {
 			}
 		}()
 
-		f.emit(t, needReboot("4081.1.0")) // nobody published 4081.1.0-550.54.14
+		f.Emit(t, needReboot("4081.1.0")) // nobody published 4081.1.0-550.54.14
 		st := p.waitState(t, "failed", func(s store.Prefetch) bool { return s.State == store.PrefetchFailed })
 		if st.OSVersion != "4081.1.0" || !strings.Contains(st.Error, "4081.1.0-"+driver) {
 			t.Fatalf("failed state %+v", st)
@@ -456,8 +457,8 @@ func TestPrefetch(t *testing.T) {
 		// update_engine restarts having staged a newer version, and says
 		// so only when asked.
 		p.reg.publish(t, stagedTag, stagedOS, stagedKernel)
-		f.stop()
-		newFakeEngine(t, b, needReboot(stagedOS))
+		f.Stop()
+		dbustest.NewUpdateEngine(t, b, needReboot(stagedOS))
 		st = p.waitState(t, "ready", func(s store.Prefetch) bool { return s.State == store.PrefetchReady })
 		if st.OSVersion != stagedOS || st.Attempts != 1 || st.Tree != stagedTree {
 			t.Fatalf("ready state %+v", st)

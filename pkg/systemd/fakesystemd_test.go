@@ -1,22 +1,18 @@
 package systemd
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/godbus/dbus/v5"
+
+	"github.com/nvidia-driverd/nvidia-driverd/test/dbustest"
 )
 
-// This file runs a real dbus-daemon on a private socket and a fake
+// This file runs a real dbus-daemon (test/dbustest) and a fake
 // org.freedesktop.systemd1 on it, speaking the real protocol: go-systemd's
 // calls, matches and the JobRemoved signal all cross the daemon.
 
@@ -28,106 +24,32 @@ const (
 	systemdName  = "org.freedesktop.systemd1"
 )
 
-// busConfig allows everything on the bus, authenticated by EXTERNAL
-// (the peer's uid over the unix socket).
-const busConfig = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path=%s</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-`
-
-// testBus is a dbus-daemon listening on a socket in a temporary directory.
-// start may be called again to simulate a restart: the new daemon takes
-// over the socket path while the old one still runs.
+// testBus is a bus from dbustest. start may be called again to simulate a
+// restart: the new daemon takes over the socket path while the old one
+// still runs.
 type testBus struct {
-	t      *testing.T
-	config string
-	addr   string // the address clients dial, unix:path=...
+	bus  *dbustest.Bus
+	addr string // the address clients dial, unix:path=...
 }
 
-// newTestBus writes the config and starts the first daemon. It skips the
-// test when dbus-daemon is missing, unless NVIDIA_DRIVERD_REQUIRE_FIXTURES=1.
-func newTestBus(t *testing.T) (*testBus, *exec.Cmd) {
+// newTestBus starts a bus and returns it with its first daemon.
+func newTestBus(t *testing.T) (*testBus, *dbustest.Daemon) {
 	t.Helper()
-	if _, err := exec.LookPath("dbus-daemon"); err != nil {
-		if os.Getenv("NVIDIA_DRIVERD_REQUIRE_FIXTURES") == "1" {
-			t.Fatal("NVIDIA_DRIVERD_REQUIRE_FIXTURES=1 but dbus-daemon is not installed (test/deps.sh installs package dbus)")
-		}
-		t.Skip("dbus-daemon not installed (Debian package dbus; test/deps.sh installs it)")
-	}
-	dir := t.TempDir()
-	socket := filepath.Join(dir, "bus")
-	if len(socket) >= 108 {
-		t.Fatalf("socket path %s is too long for a unix socket; set TMPDIR shorter", socket)
-	}
-	b := &testBus{t: t, config: filepath.Join(dir, "bus.conf"), addr: "unix:path=" + socket}
-	if err := os.WriteFile(b.config, fmt.Appendf(nil, busConfig, socket), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return b, b.start()
+	b := dbustest.New(t)
+	return &testBus{bus: b, addr: b.Addr()}, b.Daemon()
 }
 
-// start starts a dbus-daemon and returns once it listens (it prints its
-// address then). The daemon is killed at cleanup.
-func (b *testBus) start() *exec.Cmd {
-	b.t.Helper()
-	cmd := exec.Command("dbus-daemon", "--config-file="+b.config, "--nofork", "--print-address=1")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.t.Fatalf("start dbus-daemon: %v", err)
-	}
-	b.t.Cleanup(func() { stopBus(cmd) })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, b.addr) {
-		b.t.Fatalf("dbus-daemon printed %q (%v); stderr: %s", line, err, stderr.String())
-	}
-	return cmd
-}
+// start starts another daemon and returns once it listens.
+func (b *testBus) start() *dbustest.Daemon { return b.bus.Start() }
 
 // stopBus kills a daemon and reaps it; a second call does nothing.
-func stopBus(cmd *exec.Cmd) {
-	if cmd.ProcessState != nil {
-		return
-	}
-	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
-}
-
-// dialTest opens an authenticated connection to the bus at addr, bound to ctx.
-func dialTest(ctx context.Context, addr string) (*dbus.Conn, error) {
-	conn, err := dbus.Dial(addr, dbus.WithContext(ctx))
-	if err != nil {
-		return nil, err
-	}
-	if err := conn.Auth([]dbus.Auth{dbus.AuthExternal(strconv.Itoa(os.Getuid()))}); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	if err := conn.Hello(); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return conn, nil
-}
+func stopBus(d *dbustest.Daemon) { d.Stop() }
 
 // connector returns a Connector for the test bus, the way production's
 // SystemBus connects to the system bus.
 func (b *testBus) connector() Connector {
 	return func(ctx context.Context) (*sddbus.Conn, error) {
-		return sddbus.NewConnection(func() (*dbus.Conn, error) { return dialTest(ctx, b.addr) })
+		return sddbus.NewConnection(func() (*dbus.Conn, error) { return b.bus.Dial(ctx) })
 	}
 }
 
@@ -156,7 +78,7 @@ type fakeSystemd struct {
 // ends or the bus goes away.
 func newFakeSystemd(t *testing.T, addr string, units map[string]fakeUnit) *fakeSystemd {
 	t.Helper()
-	conn, err := dialTest(context.Background(), addr)
+	conn, err := dbustest.Dial(context.Background(), addr)
 	if err != nil {
 		t.Fatalf("connect fake systemd: %v", err)
 	}

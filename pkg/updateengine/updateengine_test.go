@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/nvidia-driverd/nvidia-driverd/test/dbustest"
 )
 
 func staged(v string) func(Status) bool {
@@ -15,8 +17,8 @@ func staged(v string) func(Status) bool {
 }
 
 // watch starts a Watcher on b with short backoffs.
-func watch(ctx context.Context, b *testBus) <-chan Status {
-	w := &Watcher{Connect: b.dial, MinDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond}
+func watch(ctx context.Context, b *dbustest.Bus) <-chan Status {
+	w := &Watcher{Connect: b.Connect, MinDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond}
 	return w.Watch(ctx)
 }
 
@@ -24,50 +26,50 @@ func TestWatch(t *testing.T) {
 	t.Run("the status at start, then every StatusUpdate", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		b := newTestBus(t)
-		f := newFakeEngine(t, b, Status{LastCheckedTime: 1700000000, Operation: StatusIdle})
+		b := dbustest.New(t)
+		f := dbustest.NewUpdateEngine(t, b, Status{LastCheckedTime: 1700000000, Operation: StatusIdle})
 		ch := watch(ctx, b)
 		first := waitStatus(ctx, t, ch, "IDLE", func(s Status) bool { return true })
 		if first != (Status{LastCheckedTime: 1700000000, Operation: StatusIdle}) {
 			t.Fatalf("first status %+v", first)
 		}
-		f.emit(t, Status{LastCheckedTime: 1700000100, Progress: 0.5, Operation: StatusDownloading, NewVersion: "4081.2.0", NewSize: 300 << 20})
+		f.Emit(t, Status{LastCheckedTime: 1700000100, Progress: 0.5, Operation: StatusDownloading, NewVersion: "4081.2.0", NewSize: 300 << 20})
 		got := waitStatus(ctx, t, ch, "DOWNLOADING", func(s Status) bool { return s.Operation == StatusDownloading })
 		if got.NewVersion != "4081.2.0" || got.Progress != 0.5 || got.NewSize != 300<<20 || got.Staged() != "" {
 			t.Fatalf("%+v", got)
 		}
-		f.emit(t, Status{LastCheckedTime: 1700000200, Progress: 1, Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0", NewSize: 300 << 20})
+		f.Emit(t, Status{LastCheckedTime: 1700000200, Progress: 1, Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0", NewSize: 300 << 20})
 		waitStatus(ctx, t, ch, "4081.2.0 staged", staged("4081.2.0"))
 	})
 
 	t.Run("a restarted update_engine is asked for its status again", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		b := newTestBus(t)
-		f := newFakeEngine(t, b, Status{Operation: StatusIdle})
-		ch := (&Watcher{Connect: b.dial, MinDelay: time.Hour}).Watch(ctx)
+		b := dbustest.New(t)
+		f := dbustest.NewUpdateEngine(t, b, Status{Operation: StatusIdle})
+		ch := (&Watcher{Connect: b.Connect, MinDelay: time.Hour}).Watch(ctx)
 		waitStatus(ctx, t, ch, "IDLE", func(s Status) bool { return s.Operation == StatusIdle })
-		f.stop()
+		f.Stop()
 		// The new instance finds a staged update and sends no signal about
 		// it: only GetStatus can tell.
-		newFakeEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
+		dbustest.NewUpdateEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
 		waitStatus(ctx, t, ch, "4081.2.0 staged", staged("4081.2.0"))
 	})
 
 	t.Run("an update_engine absent at the start is followed once it appears", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		b := newTestBus(t)
+		b := dbustest.New(t)
 		calls := monitor(t, b, "type='method_call',member='GetStatus'")
 		// No retry within the test: only the name's appearance can make
 		// the watcher ask again.
-		ch := (&Watcher{Connect: b.dial, MinDelay: time.Hour}).Watch(ctx)
+		ch := (&Watcher{Connect: b.Connect, MinDelay: time.Hour}).Watch(ctx)
 		select {
 		case <-calls: // asked, and got ServiceUnknown
 		case <-ctx.Done():
 			t.Fatal("the watcher never asked for the status")
 		}
-		probe, err := b.dial()
+		probe, err := b.Connect()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -75,37 +77,37 @@ func TestWatch(t *testing.T) {
 		if _, err := GetStatus(ctx, probe); err == nil || !strings.Contains(err.Error(), BusName) {
 			t.Fatalf("GetStatus with no update_engine = %v", err)
 		}
-		newFakeEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
+		dbustest.NewUpdateEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
 		waitStatus(ctx, t, ch, "4081.2.0 staged", staged("4081.2.0"))
 	})
 
 	t.Run("after the bus restarts it reconnects and asks again", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		b := newTestBus(t)
-		newFakeEngine(t, b, Status{Operation: StatusIdle})
+		b := dbustest.New(t)
+		dbustest.NewUpdateEngine(t, b, Status{Operation: StatusIdle})
 		ch := watch(ctx, b)
 		waitStatus(ctx, t, ch, "IDLE", func(s Status) bool { return s.Operation == StatusIdle })
-		b.restart()
-		f := newFakeEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
+		b.Restart()
+		f := dbustest.NewUpdateEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
 		waitStatus(ctx, t, ch, "4081.2.0 staged", staged("4081.2.0"))
 		// The new connection is subscribed to the signal too.
-		f.emit(t, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.3.0"})
+		f.Emit(t, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.3.0"})
 		waitStatus(ctx, t, ch, "4081.3.0 staged", staged("4081.3.0"))
 	})
 
 	t.Run("a failing connect is retried until the bus is there", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		b := newTestBus(t)
-		newFakeEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
+		b := dbustest.New(t)
+		dbustest.NewUpdateEngine(t, b, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
 		fails := 3
 		connect := func() (*dbus.Conn, error) {
 			if fails > 0 {
 				fails--
 				return nil, errors.New("no bus yet")
 			}
-			return b.dial()
+			return b.Connect()
 		}
 		ch := (&Watcher{Connect: connect, MinDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond}).Watch(ctx)
 		waitStatus(ctx, t, ch, "4081.2.0 staged", staged("4081.2.0"))
@@ -115,7 +117,7 @@ func TestWatch(t *testing.T) {
 	})
 
 	t.Run("the channel is closed when the context ends", func(t *testing.T) {
-		b := newTestBus(t)
+		b := dbustest.New(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		ch := watch(ctx, b)
 		cancel()
