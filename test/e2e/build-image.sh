@@ -30,11 +30,12 @@ tar -C "$stage" -xf "$rootfs"
 
 "$bin" --root "$stage" install-units --binary=false >&2
 install -m 0755 "$E2E_DIR/guest/e2e-setup" "$stage/usr/local/sbin/e2e-setup"
-for u in e2e-setup.service e2e.service e2e-registry.service kubelet.service; do
+for u in e2e-setup.service e2e.service e2e-registry.service fake-update-engine.service kubelet.service; do
 	install -m 0644 "$E2E_DIR/guest/$u" "$stage/etc/systemd/system/$u"
 done
 install -D -m 0644 "$E2E_DIR/guest/registry.yml" "$stage/etc/e2e/registry.yml"
-systemctl --root="$stage" enable nvidia-driverd.service kubelet.service e2e-setup.service e2e.service e2e-registry.service >&2
+install -D -m 0644 "$E2E_DIR/guest/com.coreos.update1.conf" "$stage/etc/dbus-1/system.d/com.coreos.update1.conf"
+systemctl --root="$stage" enable nvidia-driverd.service kubelet.service e2e-setup.service e2e.service e2e-registry.service fake-update-engine.service >&2
 # The package's own registry service listens on every interface; the
 # scenarios start theirs (e2e-registry.service) only when they want one.
 systemctl --root="$stage" disable docker-registry.service >&2 || true

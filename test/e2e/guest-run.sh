@@ -209,6 +209,46 @@ powercut)
 		"$(sha256sum /opt/nvidia/current/firmware/nvidia/550.54.14/gsp_big.bin | cut -d' ' -f1)" "$(cat $S/big.sha256)"
 	check "the tree's meta file is there" test -f /opt/nvidia/current/.nvidia-driverd.json
 	;;
+prefetch-staged)
+	driver_usable
+	eq "current is this OS version's tree" "$(readlink /opt/nvidia/current)" "550.54.14/4081.1.0"
+	echo "info fake update_engine: $(prop fake-update-engine ActiveState)"
+	# The update is announced after READY; the prefetch follows.
+	i=0
+	until /opt/bin/nvidia-driverd status --json 2>/dev/null | grep -Eq '"state": *"ready"'; do
+		i=$((i + 1))
+		if [ $i -gt 240 ]; then break; fi
+		sleep 0.5
+	done
+	/opt/bin/nvidia-driverd status --json >$S/status-prefetch.json 2>&1
+	/opt/bin/nvidia-driverd status >$S/status.txt 2>&1
+	check "status --json: prefetch ready" grep -Eq '"state": *"ready"' $S/status-prefetch.json
+	check "status --json: prefetch for os_version 4081.2.0" grep -Eq '"os_version": *"4081.2.0"' $S/status-prefetch.json
+	staged_kernel=$(cat $S/staged-kernel)
+	check "the staged version's tree is in the store, with modules for $staged_kernel" \
+		test -f /opt/nvidia/550.54.14/4081.2.0/lib/modules/$staged_kernel/video/nvidia.ko
+	eq "current is untouched" "$(readlink /opt/nvidia/current)" "550.54.14/4081.1.0"
+	eq "the running driver is untouched" "$(cat /sys/module/nvidia/version 2>&1)" 550.54.14
+	st=$(prop nvidia-driverd StatusText)
+	case $st in
+	*"prefetched 4081.2.0-550.54.14 for the staged update"*) ok "status text: $st" ;;
+	*) nok "status text does not show the prefetch: '$st'" ;;
+	esac
+	if journalctl -b -u nvidia-driverd -o cat | grep -q '^prefetched'; then ok "journal: prefetched"; else nok "journal: no 'prefetched' entry"; fi
+	echo "info $(grep '^Prefetch' $S/status.txt)"
+	;;
+prefetch)
+	old=$(cat $S/old-release)
+	eq "booted the staged OS version" "$(. /etc/os-release; echo "$VERSION_ID")" 4081.2.0
+	eq "booted its kernel" "$(uname -r | grep -c -- -rt-)" 1
+	eq "no registry on this boot" "$(prop e2e-registry ActiveState)" inactive
+	driver_usable
+	eq "current is the prefetched tree" "$(readlink /opt/nvidia/current)" "550.54.14/4081.2.0"
+	eq "previous is the old OS version's tree" "$(readlink /opt/nvidia/previous)" "550.54.14/4081.1.0"
+	if journalctl -b -u nvidia-driverd -o verbose | grep -q '^ *ACTION=switch'; then ok "planned: switch (no download)"; else nok "the plan was not a switch"; fi
+	if journalctl -b -u nvidia-driverd -o cat | grep -Eq '^(fetched|fetch failed)'; then nok "a download was tried"; else ok "no download"; fi
+	ready_time
+	;;
 *)
 	nok "unknown scenario $scenario"
 	;;

@@ -25,6 +25,10 @@
 #                      refused, though this kernel would load them
 #   powercut (6)       the VM is killed while layers stream in from a slow
 #                      registry; the next boot converges to a working driver
+#   prefetch (4)       a Flatcar-like guest: a fake update_engine announces a
+#                      staged OS version, the daemon prefetches its driver;
+#                      the reboot into it (new kernel, registry stopped) is
+#                      ready without a download
 #
 # Environment (see README.md): E2E_CACHE (cache dir), E2E_TIMEOUT (seconds
 # per boot, 300), E2E_KEEP=1 (keep the scratch disks), E2E_LIBRARY_MODE
@@ -34,12 +38,12 @@
 # share's jobs.txt), E2E_HOLD=SECONDS (the guest waits before its checks).
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86 perl bc python3
-ORDER="first-boot reboot rollback osupdate keep-previous noimage badmagic powercut"
+ORDER="first-boot reboot rollback osupdate keep-previous noimage badmagic powercut prefetch"
 want=" "
 for a in "${@:-$ORDER}"; do
 	for s in $a; do
 		case $s in
-		1) s=first-boot ;; 2) s=reboot ;; 3) s=osupdate ;; 6) s=powercut ;; 7) s=badmagic ;; 8) s=rollback ;;
+		1) s=first-boot ;; 2) s=reboot ;; 3) s=osupdate ;; 4) s=prefetch ;; 6) s=powercut ;; 7) s=badmagic ;; 8) s=rollback ;;
 		5) s="noimage keep-previous" ;;
 		esac
 		for x in $s; do
@@ -56,6 +60,7 @@ image=$("$E2E_DIR/build-image.sh")
 release=$(cat "$image/release")
 release_rt=$(cat "$image/release-rt")
 bin=$(build_binary)
+(cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$CACHE/bin/fakeupdateengine" ./test/e2e/fakeupdateengine)
 registry_bin=$(bash "$REPO/test/registry/distribution.sh")
 run=$CACHE/run
 rm -rf "$run"
@@ -92,11 +97,12 @@ share() {
 }
 
 # registry SHARE ENTRY...: the guest registry's contents for SHARE, each
-# ENTRY "TREE OS_VERSION KERNEL_RELEASE DRIVER" published by nvidia-driverd
-# to Debian's registry server on the host, whose storage then travels as
-# registry.tar.
+# ENTRY "TREE OS_VERSION KERNEL_RELEASE DRIVER [OS_ID [TAG]]" (OS_ID debian
+# and TAG debian<os-version>-<kernel>-<driver> by default) published by
+# nvidia-driverd to Debian's registry server on the host, whose storage then
+# travels as registry.tar.
 registry() {
-	local s=$1 dir port pid e tree osv krel drv
+	local s=$1 dir port pid e tree osv krel drv osid tag
 	shift
 	dir=$(mktemp -d "$run/registry.XXXXXX")
 	port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -105,10 +111,12 @@ registry() {
 	pid=$!
 	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 	for e in "$@"; do
-		read -r tree osv krel drv <<<"$e"
-		"$bin" --insecure-registries "127.0.0.1:$port" publish --from "$tree" --os debian --os-version "$osv" \
+		read -r tree osv krel drv osid tag <<<"$e"
+		osid=${osid:-debian}
+		tag=${tag:-debian$osv-$krel-$drv}
+		"$bin" --insecure-registries "127.0.0.1:$port" publish --from "$tree" --os "$osid" --os-version "$osv" \
 			--kernel-release "$krel" --driver "$drv" --mtime 0 \
-			"127.0.0.1:$port/nvidia-driver:debian$osv-$krel-$drv" >/dev/null ||
+			"127.0.0.1:$port/nvidia-driver:$tag" >/dev/null ||
 			{ kill "$pid"; die "publish $tree to the host registry failed"; }
 	done
 	kill "$pid"
@@ -238,7 +246,9 @@ scenario() {
 		;;
 	powercut)
 		powercut && st=0 || st=1
-		s=$run/share-powercut
+		;;
+	prefetch)
+		prefetch && st=0 || st=1
 		;;
 	esac
 	report "$1" $st
@@ -280,6 +290,37 @@ powercut() {
 	rm -f "$s/registry-slow" "$s/watch-staging"
 	echo powercut >"$s/scenario"
 	boot "$run/disk-powercut.img" "$s" powercut
+}
+
+# flatcar_os_release VERSION: an os-release saying Flatcar VERSION.
+flatcar_os_release() {
+	printf 'NAME="Flatcar Container Linux by Kinvolk"\nID=flatcar\nID_LIKE=coreos\nVERSION=%s\nVERSION_ID=%s\nBUILD_ID=e2e\nPRETTY_NAME="Flatcar Container Linux by Kinvolk %s (e2e)"\n' "$1" "$1" "$1"
+}
+
+# prefetch: the guest claims to be Flatcar 4081.1.0 (tree names and tags
+# are OS versions there). Boot 1 installs 4081.1.0's driver; a fake
+# update_engine then announces 4081.2.0 as staged and the daemon prefetches
+# its image, whose label names the -rt kernel. Boot 2 is the update: the -rt
+# kernel, os-release 4081.2.0, no registry.
+prefetch() {
+	local s s2 tmpl='tag-template: "{{.OSVersion}}-{{.DriverVersion}}"'
+	s=$(share prefetch-staged)
+	sed -i "s/^tag-template: .*/$tmpl/" "$s/config.yaml"
+	flatcar_os_release 4081.1.0 >"$s/os-release"
+	registry "$s" "$run/driver/tree 4081.1.0 $release $DRIVER_VERSION flatcar 4081.1.0-$DRIVER_VERSION" \
+		"$run/driver-rt/tree 4081.2.0 $release_rt $DRIVER_VERSION flatcar 4081.2.0-$DRIVER_VERSION"
+	cp "$CACHE/bin/fakeupdateengine" "$s/fakeupdateengine"
+	echo 4081.2.0 >"$s/staged-version"
+	echo "$release_rt" >"$s/staged-kernel"
+	cp --sparse=always "$image/disk.img" "$run/disk-prefetch.img"
+	kernel=
+	boot "$run/disk-prefetch.img" "$s" prefetch-staged || return 1
+	s2=$(share prefetch)
+	sed -i "s/^tag-template: .*/$tmpl/" "$s2/config.yaml"
+	flatcar_os_release 4081.2.0 >"$s2/os-release"
+	echo "$release" >"$s2/old-release"
+	kernel=-rt
+	boot "$run/disk-prefetch.img" "$s2" prefetch
 }
 
 for sc in $ORDER; do
