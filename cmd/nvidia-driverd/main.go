@@ -17,7 +17,15 @@ const (
 	exitOK    = 0
 	exitError = 1 // the command could not do its job
 	exitUsage = 2 // bad flags, arguments or configuration
+	// exitNotReady: status --ready found the driver not in use.
+	exitNotReady = 3
 )
+
+// notReady is status --ready's answer when the wanted driver is not the
+// one running.
+type notReady struct{ why string }
+
+func (e notReady) Error() string { return "not ready: " + e.why }
 
 // usageError marks errors in what the user asked for, as opposed to what
 // the host did.
@@ -37,6 +45,10 @@ func run(args []string) int {
 	var ue usageError
 	if errors.As(err, &ue) {
 		return exitUsage
+	}
+	var nr notReady
+	if errors.As(err, &nr) {
+		return exitNotReady
 	}
 	return exitError
 }

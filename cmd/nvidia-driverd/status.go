@@ -16,7 +16,7 @@ import (
 )
 
 func newStatusCommand(g *globals) *cobra.Command {
-	var asJSON bool
+	var asJSON, ready bool
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show what is installed, loaded and planned",
@@ -26,7 +26,8 @@ matches the running kernel, the latest prefetch for a staged OS update or a
 new kernel, and what 'run' would do now.
 
 Exit status: 0 when the host could be read, 1 when it could not, 2 for bad
-flags or configuration.`,
+flags or configuration. With --ready, 3 when the wanted driver is not the
+one running (the plan is anything but none): a readiness probe.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			r, err := g.report()
@@ -34,12 +35,18 @@ flags or configuration.`,
 				return err
 			}
 			if asJSON {
-				return writeJSON(g.stdout, r)
+				err = writeJSON(g.stdout, r)
+			} else {
+				err = writeStatus(g.stdout, r)
 			}
-			return writeStatus(g.stdout, r)
+			if err == nil && ready && r.Plan.Action != engine.ActionNone {
+				err = notReady{why: string(r.Plan.Action) + ": " + r.Plan.Reason}
+			}
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (field names are stable)")
+	cmd.Flags().BoolVar(&ready, "ready", false, "exit 3 unless the wanted driver is the one running (for readiness probes)")
 	return cmd
 }
 

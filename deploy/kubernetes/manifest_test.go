@@ -220,13 +220,13 @@ func TestTheDaemonSetRunsTheDaemonAgainstTheHostAtRootfs(t *testing.T) {
 		}
 	})
 
-	t.Run("the readiness probe runs status with the daemon's root and config", func(t *testing.T) {
+	t.Run("the readiness probe runs status --ready with the daemon's root and config", func(t *testing.T) {
 		if c.ReadinessProbe == nil {
 			t.Fatal("no readiness probe")
 		}
 		cmd := c.ReadinessProbe.Exec.Command
-		if len(cmd) == 0 || cmd[0] != "nvidia-driverd" || cmd[len(cmd)-1] != "status" {
-			t.Fatalf("probe %q, want nvidia-driverd ... status", cmd)
+		if len(cmd) < 2 || cmd[0] != "nvidia-driverd" || cmd[len(cmd)-2] != "status" || cmd[len(cmd)-1] != "--ready" {
+			t.Fatalf("probe %q, want nvidia-driverd ... status --ready", cmd)
 		}
 		for _, flag := range []string{"--root", "--config"} {
 			want, _ := flagValue(c.Args, flag)

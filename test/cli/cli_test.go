@@ -239,6 +239,19 @@ func TestStatus(t *testing.T) {
 	})
 }
 
+func TestStatusReady(t *testing.T) {
+	// The driver is loaded from the current tree: ready.
+	r := run(t, nil, "--root", host(t, "flatcar-ready"), "status", "--ready")
+	if r.code != 0 || !strings.Contains(r.stdout, "Plan") {
+		t.Errorf("flatcar-ready: exit %d, stderr %q", r.code, r.stderr)
+	}
+	// After an OS update, before the daemon has run: not ready, and why.
+	r = run(t, nil, "--root", host(t, "flatcar-updated"), "status", "--ready", "--json")
+	if r.code != 3 || !strings.Contains(r.stderr, "not ready: install: ") || !strings.Contains(r.stdout, `"action": "install"`) {
+		t.Errorf("flatcar-updated: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
 func TestPlan(t *testing.T) {
 	t.Run("plan --json has action and reason", func(t *testing.T) {
 		r := run(t, nil, "--root", host(t, "flatcar-ready"), "plan", "--json")
