@@ -83,6 +83,14 @@ driver_usable() {
 	n=$(journalctl -b -u nvidia-driverd MESSAGE_ID=3ea548b9b02cbfb5d41b082b5d85481b -o cat | wc -l)
 	if [ "$n" -ge 1 ]; then ok "journal: $n 'driver activated' entry (MESSAGE_ID=3ea548b9...)"; else nok "journal: no 'driver activated' MESSAGE_ID entry"; fi
 	eq "status --json exit status" "$status_rc" 0
+	check "status --ready exits 0" /opt/bin/nvidia-driverd status --ready
+	# Metrics: served on metrics-addr and written to metrics-textfile.
+	health=$(bash -c 'exec 3<>/dev/tcp/127.0.0.1/9402 && printf "GET /healthz HTTP/1.0\r\n\r\n" >&3 && head -1 <&3' 2>&1)
+	case $health in *" 200 "*) ok "metrics /healthz: $health" ;; *) nok "metrics /healthz: $health" ;; esac
+	bash -c 'exec 3<>/dev/tcp/127.0.0.1/9402 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && cat <&3' >$S/metrics.txt 2>&1
+	check "metrics: nvidia_driverd_driver_ready 1" grep -qx 'nvidia_driverd_driver_ready 1' $S/metrics.txt
+	check "metrics: driver_info names the driver and kernel" grep -q "nvidia_driverd_driver_info{.*driver=\"550.54.14\".*kernel=\"$rel\"" $S/metrics.txt
+	check "metrics textfile: nvidia_driverd_driver_ready 1" grep -qx 'nvidia_driverd_driver_ready 1' /run/nvidia-driverd.prom
 	check "status --json plan.action none" grep -Eq '"action": *"none"' $S/status.json
 	check "status --json driver.loaded 550.54.14" grep -Eq '"loaded": *"550.54.14"' $S/status.json
 }

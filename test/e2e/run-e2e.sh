@@ -92,6 +92,8 @@ share() {
 	module-params:
 	  nvidia: NVreg_EnableMSI=1
 	persistenced: "${E2E_PERSISTENCED-nvidia-persistenced.service}"
+	metrics-addr: 127.0.0.1:9402
+	metrics-textfile: /run/nvidia-driverd.prom
 	YAML
 	echo "$s"
 }
