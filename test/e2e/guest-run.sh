@@ -105,8 +105,8 @@ first-boot)
 reboot)
 	eq "no registry on this boot" "$(prop e2e-registry ActiveState)" inactive
 	driver_usable
-	if grep -Eqi 'pull|fetch|download' $S/journal-driverd.txt; then
-		nok "journal mentions a download on the second boot: $(grep -Ei 'pull|fetch|download' $S/journal-driverd.txt | head -1)"
+	if journalctl -b -u nvidia-driverd -o cat | grep -Eq '^(fetched|fetch failed|pulling)'; then
+		nok "a download on the second boot: $(journalctl -b -u nvidia-driverd -o cat | grep -E '^(fetched|fetch failed|pulling)' | head -1)"
 	else
 		ok "no download on the second boot"
 	fi
@@ -244,6 +244,39 @@ prefetch-staged)
 	esac
 	if journalctl -b -u nvidia-driverd -o cat | grep -q '^prefetched'; then ok "journal: prefetched"; else nok "journal: no 'prefetched' entry"; fi
 	echo "info $(grep '^Prefetch' $S/status.txt)"
+	;;
+kernel-prefetch-staged)
+	driver_usable
+	rt=$(ls /lib/modules | grep -- -rt-)
+	check "the -rt kernel is half installed (no modules.dep)" test ! -e /lib/modules/$rt/modules.dep
+	sleep 2
+	check "no prefetch before the kernel is complete" sh -c "! /opt/bin/nvidia-driverd status --json | grep -q '\"prefetch\"'"
+	# depmod's last step: modules.dep appears.
+	mv /lib/modules/$rt/.modules.dep.e2e /lib/modules/$rt/modules.dep
+	i=0
+	until /opt/bin/nvidia-driverd status --json 2>/dev/null | grep -Eq '"state": *"ready"'; do
+		i=$((i + 1))
+		if [ $i -gt 240 ]; then break; fi
+		sleep 0.5
+	done
+	/opt/bin/nvidia-driverd status --json >$S/status-prefetch.json 2>&1
+	/opt/bin/nvidia-driverd status >$S/status.txt 2>&1
+	check "status --json: prefetch ready" grep -Eq '"state": *"ready"' $S/status-prefetch.json
+	check "status --json: prefetch for kernel $rt" grep -Eq "\"kernel_release\": *\"$rt\"" $S/status-prefetch.json
+	check "the new kernel's tree is in the store" test -f /opt/nvidia/550.54.14/$rt/lib/modules/$rt/video/nvidia.ko
+	eq "current is untouched" "$(readlink /opt/nvidia/current)" "550.54.14/$rel"
+	echo "info $(grep '^Prefetch' $S/status.txt)"
+	echo "info status text: $(prop nvidia-driverd StatusText)"
+	;;
+kernel-prefetch)
+	old=$(cat $S/old-release)
+	eq "booted the new kernel" "$(uname -r | grep -c -- -rt-)" 1
+	eq "no registry on this boot" "$(prop e2e-registry ActiveState)" inactive
+	driver_usable
+	eq "current is the prefetched tree" "$(readlink /opt/nvidia/current)" "550.54.14/$rel"
+	eq "previous is the old kernel's tree" "$(readlink /opt/nvidia/previous)" "550.54.14/$old"
+	if journalctl -b -u nvidia-driverd -o cat | grep -Eq '^(fetched|fetch failed)'; then nok "a download was tried"; else ok "no download"; fi
+	ready_time
 	;;
 prefetch)
 	old=$(cat $S/old-release)

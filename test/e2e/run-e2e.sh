@@ -29,6 +29,8 @@
 #                      staged OS version, the daemon prefetches its driver;
 #                      the reboot into it (new kernel, registry stopped) is
 #                      ready without a download
+#   kernel-prefetch (4) the same on the generic host: a kernel installed
+#                      while the daemon runs has its driver prefetched
 #
 # Environment (see README.md): E2E_CACHE (cache dir), E2E_TIMEOUT (seconds
 # per boot, 300), E2E_KEEP=1 (keep the scratch disks), E2E_LIBRARY_MODE
@@ -38,12 +40,12 @@
 # share's jobs.txt), E2E_HOLD=SECONDS (the guest waits before its checks).
 . "$(dirname "$0")/lib.sh"
 need qemu-system-x86 perl bc python3
-ORDER="first-boot reboot rollback osupdate keep-previous noimage badmagic powercut prefetch"
+ORDER="first-boot reboot rollback osupdate keep-previous noimage badmagic powercut prefetch kernel-prefetch"
 want=" "
 for a in "${@:-$ORDER}"; do
 	for s in $a; do
 		case $s in
-		1) s=first-boot ;; 2) s=reboot ;; 3) s=osupdate ;; 4) s=prefetch ;; 6) s=powercut ;; 7) s=badmagic ;; 8) s=rollback ;;
+		1) s=first-boot ;; 2) s=reboot ;; 3) s=osupdate ;; 4) s="prefetch kernel-prefetch" ;; 6) s=powercut ;; 7) s=badmagic ;; 8) s=rollback ;;
 		5) s="noimage keep-previous" ;;
 		esac
 		for x in $s; do
@@ -252,6 +254,9 @@ scenario() {
 	prefetch)
 		prefetch && st=0 || st=1
 		;;
+	kernel-prefetch)
+		kernel_prefetch && st=0 || st=1
+		;;
 	esac
 	report "$1" $st
 }
@@ -323,6 +328,25 @@ prefetch() {
 	echo "$release" >"$s2/old-release"
 	kernel=-rt
 	boot "$run/disk-prefetch.img" "$s2" prefetch
+}
+
+# kernel_prefetch: a Debian guest whose -rt kernel is only half installed
+# at boot (no modules.dep). Boot 1 installs the standard kernel's driver;
+# the checks then finish the kernel's install (modules.dep appears, as
+# depmod leaves it) and the daemon prefetches the image for it. Boot 2 runs
+# that kernel with no registry.
+kernel_prefetch() {
+	local s s2
+	s=$(share kernel-prefetch-staged)
+	registry "$s" "$run/driver/tree 12 $release $DRIVER_VERSION" "$run/driver-rt/tree 12 $release_rt $DRIVER_VERSION"
+	echo "$release_rt" >"$s/hide-kernel"
+	cp --sparse=always "$image/disk.img" "$run/disk-kprefetch.img"
+	kernel=
+	boot "$run/disk-kprefetch.img" "$s" kernel-prefetch-staged || return 1
+	s2=$(share kernel-prefetch)
+	echo "$release" >"$s2/old-release"
+	kernel=-rt
+	boot "$run/disk-kprefetch.img" "$s2" kernel-prefetch
 }
 
 for sc in $ORDER; do
