@@ -20,6 +20,13 @@ import (
 // nothing when p already holds content, and an error when p cannot be
 // read or any step fails; the temporary file is then removed.
 func Replace(p string, content []byte, perm fs.FileMode) (changed bool, err error) {
+	return ReplaceChecked(p, content, perm, nil)
+}
+
+// ReplaceChecked is Replace that first calls check with the path of the
+// complete temporary file, which lies beside p; an error from check
+// leaves p as it was.
+func ReplaceChecked(p string, content []byte, perm fs.FileMode, check func(tmp string) error) (changed bool, err error) {
 	old, err := os.ReadFile(p)
 	if err == nil && bytes.Equal(old, content) {
 		return false, nil
@@ -38,6 +45,12 @@ func Replace(p string, content []byte, perm fs.FileMode) (changed bool, err erro
 	if err := fill(tmp, content, perm); err != nil {
 		_ = os.Remove(tmp.Name()) // best effort: a hidden leftover only
 		return false, fmt.Errorf("write %s: %w", p, err)
+	}
+	if check != nil {
+		if err := check(tmp.Name()); err != nil {
+			_ = os.Remove(tmp.Name())
+			return false, fmt.Errorf("write %s: %w", p, err)
+		}
 	}
 	if err := os.Rename(tmp.Name(), p); err != nil {
 		_ = os.Remove(tmp.Name()) // best effort: a hidden leftover only

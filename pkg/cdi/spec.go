@@ -140,16 +140,34 @@ func Generate(o Options) (*specs.Spec, error) {
 	if s.Version, err = specs.MinimumRequiredVersion(s); err != nil {
 		return nil, fmt.Errorf("generate CDI spec for %s: %w", treeHost, err)
 	}
-	if _, err := Encode(s); err != nil {
-		return nil, fmt.Errorf("generate CDI spec for %s: %w", treeHost, err)
-	}
 	return s, nil
 }
 
 // Encode returns s as the YAML written to SpecFile, after the CDI library
-// has parsed and validated exactly those bytes. It returns an error when
-// s cannot be marshalled or is invalid.
+// has parsed and validated exactly those bytes (through a temporary file,
+// the only way the library validates). It returns an error when s cannot
+// be marshalled or is invalid.
 func Encode(s *specs.Spec) ([]byte, error) {
+	data, err := encode(s)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "nvidia-driverd-cdi-")
+	if err != nil {
+		return nil, fmt.Errorf("validate CDI spec: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	p := filepath.Join(dir, SpecFile)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		return nil, fmt.Errorf("validate CDI spec: %w", err)
+	}
+	if err := validate(p); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+func encode(s *specs.Spec) ([]byte, error) {
 	var buf bytes.Buffer
 	buf.WriteString("# Written by nvidia-driverd on every activation; changes are lost.\n---\n")
 	enc := yaml.NewEncoder(&buf)
@@ -160,26 +178,12 @@ func Encode(s *specs.Spec) ([]byte, error) {
 	if err := enc.Close(); err != nil {
 		return nil, fmt.Errorf("encode CDI spec: %w", err)
 	}
-	data := buf.Bytes()
-	if err := validate(data); err != nil {
-		return nil, err
-	}
-	return data, nil
+	return buf.Bytes(), nil
 }
 
-// validate loads data with the CDI library, as a runtime would. The
-// library validates files only, so data goes through a private temporary
-// one.
-func validate(data []byte) error {
-	dir, err := os.MkdirTemp("", "nvidia-driverd-cdi-")
-	if err != nil {
-		return fmt.Errorf("validate CDI spec: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	p := filepath.Join(dir, SpecFile)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		return fmt.Errorf("validate CDI spec: %w", err)
-	}
+// validate loads the spec file at p with the CDI library, as a runtime
+// would.
+func validate(p string) error {
 	if _, err := cdilib.ReadSpec(p, 0); err != nil {
 		return fmt.Errorf("validate CDI spec: %w", err)
 	}
@@ -202,11 +206,13 @@ func Write(root, dir string, s *specs.Spec) (string, bool, error) {
 		return "", false, fmt.Errorf("write CDI spec: directory %q must be absolute", dir)
 	}
 	p := Path(root, dir)
-	data, err := Encode(s)
+	data, err := encode(s)
 	if err != nil {
 		return p, false, fmt.Errorf("write CDI spec %s: %w", p, err)
 	}
-	changed, err := atomicfile.Replace(p, data, 0o644)
+	// Validated as the very file renamed into place, beside it: no
+	// temporary directory needed (a container image may have no /tmp).
+	changed, err := atomicfile.ReplaceChecked(p, data, 0o644, validate)
 	if err != nil {
 		return p, changed, fmt.Errorf("write CDI spec: %w", err)
 	}

@@ -405,3 +405,30 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// A container image may have no /tmp: writing the spec must not need one,
+// and an invalid spec must leave the old file and no temporary behind.
+func TestWriteNeedsNoTempDir(t *testing.T) {
+	fx := newFixture(t)
+	t.Setenv("TMPDIR", filepath.Join(t.TempDir(), "missing"))
+	spec, err := Generate(Options{Root: fx.root, Tree: treeHost})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, changed, err := Write(fx.root, cdiDir, spec)
+	if err != nil || !changed {
+		t.Fatalf("Write without a temp dir = %v, %v", changed, err)
+	}
+	good, _ := os.ReadFile(p)
+	spec.Kind = "not a kind"
+	if _, _, err := Write(fx.root, cdiDir, spec); err == nil || !strings.Contains(err.Error(), "validate CDI spec") {
+		t.Fatalf("an invalid spec gave %v", err)
+	}
+	if now, _ := os.ReadFile(p); string(now) != string(good) {
+		t.Error("an invalid spec replaced the good one")
+	}
+	entries, _ := os.ReadDir(filepath.Dir(p))
+	if len(entries) != 1 {
+		t.Errorf("left in %s: %v", filepath.Dir(p), entries)
+	}
+}

@@ -161,29 +161,70 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 		defer t.Stop()
 		tick = t.C
 	}
+	// A re-check runs beside this loop, so that the watchdog keeps being
+	// fed while it waits for the store lock (a prefetch may hold it for a
+	// whole download). SIGHUPs during a re-check ask for one more.
+	type result struct {
+		out Outcome
+		err error
+	}
+	var (
+		running <-chan result
+		again   bool
+	)
+	recheck := func() {
+		d.notify(d.Notify.Reloading("re-checking the driver"))
+		ch := make(chan result, 1)
+		go func() {
+			out, err := d.Reconcile(ctx)
+			ch <- result{out, err}
+		}()
+		running = ch
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			if running != nil {
+				<-running // Reconcile returns once ctx has ended
+			}
 			d.notify(d.Notify.Stopping("stopping; the driver stays loaded"))
 			return nil
 		case <-tick:
 			d.notify(d.Notify.Watchdog())
 		case <-reload:
-			d.notify(d.Notify.Reloading("re-checking the driver"))
-			out, err := d.Reconcile(ctx)
-			if err != nil {
-				d.Metrics.Failure(metrics.StepOther)
-				d.Metrics.Reconciled()
-				// The driver that was ready stays loaded; say so and keep
-				// serving rather than take kubelet down on a reload.
-				d.Log.Error("re-check failed", zap.Error(err))
-				d.notify(d.Notify.Ready("re-check failed, previous state kept: " + err.Error()))
+			if running != nil {
+				again = true
 				continue
 			}
-			d.report(out, nil)
-			d.notify(d.Notify.Ready(d.setOutcome(out)))
+			recheck()
+		case r := <-running:
+			running = nil
+			if r.err != nil {
+				d.recheckFailed(r.err)
+			} else {
+				d.report(r.out, nil)
+				d.notify(d.Notify.Ready(d.setOutcome(r.out)))
+			}
+			if again {
+				again = false
+				recheck()
+			}
 		}
 	}
+}
+
+// recheckFailed reports a failed re-check. The driver that was ready
+// stays loaded (a re-check never unloads a driver that was in use), so the
+// unit stays up rather than take kubelet down on a reload; the metrics say
+// not ready only when the wanted driver is in fact no longer loaded.
+func (d *Daemon) recheckFailed(err error) {
+	d.Log.Error("re-check failed", zap.Error(err))
+	if f, gerr := engine.Gather(d.Root, d.Config); gerr != nil || f.LoadedVersion() == "" ||
+		(d.Config.DriverVersion != "" && f.LoadedVersion() != d.Config.DriverVersion) {
+		d.Metrics.NotReady()
+	}
+	d.Metrics.Reconciled()
+	d.notify(d.Notify.Ready("re-check failed, previous state kept: " + err.Error()))
 }
 
 func (d *Daemon) notify(err error) {
@@ -295,9 +336,12 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 			return Outcome{}, err // the old driver is untouched and in use
 		}
 		// Leave nothing of the failed tree in use: modules it loaded,
-		// overlays or drop-in it put up.
-		if _, derr := d.Activator.Deactivate(ctx); derr != nil {
-			log.Error("undo failed activation", zap.String("tree", tree), zap.Error(derr))
+		// overlays or drop-in it put up. A driver that was already
+		// running from this tree (a re-check) stays: it worked before.
+		if plan.Action != engine.ActionNone {
+			if _, derr := d.Activator.Deactivate(ctx); derr != nil {
+				log.Error("undo failed activation", zap.String("tree", tree), zap.Error(derr))
+			}
 		}
 		if tree != before {
 			d.rollback(s, tree, before, err)
@@ -313,7 +357,7 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 	d.Metrics.ObserveActivation(time.Since(activateStart))
 	log.Info("driver activated", systemd.MessageID(systemd.MessageDriverActivated), zap.String("tree", tree),
 		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted),
-		zap.String("cdi", act.CDI))
+		zap.String("cdi", act.CDI), zap.NamedError("cdi_error", act.CDIErr))
 	return d.activeOutcome(facts, tree, plan.Driver), nil
 }
 

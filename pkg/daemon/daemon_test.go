@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/metrics"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/publish"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
@@ -103,13 +105,14 @@ func (k *fakeKernel) loaded() []string {
 type fakeUnits struct {
 	mu      sync.Mutex
 	started []string
+	fail    error // what Start returns, when set
 }
 
 func (u *fakeUnits) Start(_ context.Context, unit string) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.started = append(u.started, unit)
-	return nil
+	return u.fail
 }
 func (u *fakeUnits) Stop(context.Context, string) error { return nil }
 
@@ -402,6 +405,72 @@ func TestRun(t *testing.T) {
 		if st := out.Status(); !strings.Contains(st, "driver 535.161.07 active from") || !strings.Contains(st, "(previous driver kept: ") ||
 			!strings.Contains(st, "has no image tagged "+imgTag) {
 			t.Errorf("STATUS=%s", st)
+		}
+	})
+
+	t.Run("a re-check waiting for the store lock keeps feeding the watchdog", func(t *testing.T) {
+		n := listenNotify(t)
+		t.Setenv("WATCHDOG_USEC", "200000") // WATCHDOG=1 every 100 ms
+		t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+		r := newRig(t, nil)
+		r.d.Notify = systemd.NewNotifier(false)
+		r.publish(t, driver, kernel)
+		stop, reload := r.run(t)
+		n.until(t, "READY=1")
+		// Another holder (a prefetch, a one-shot install) has the store.
+		s, err := store.Open(r.root, "/opt/nvidia")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lock, err := s.Lock(context.Background(), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reload <- syscall.SIGHUP
+		n.until(t, "RELOADING=1")
+		for i := 0; i < 3; i++ {
+			if m := n.until(t, "WATCHDOG=1"); strings.Contains(strings.Join(m, "|"), "READY=1") {
+				t.Fatalf("READY while the lock is held: %q", m)
+			}
+		}
+		if err := lock.Unlock(); err != nil {
+			t.Fatal(err)
+		}
+		n.until(t, "READY=1")
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a re-check whose activation fails leaves the running driver loaded", func(t *testing.T) {
+		listenNotify(t)
+		r := newRig(t, nil)
+		r.d.Metrics = metrics.New()
+		r.publish(t, driver, kernel)
+		stop, reload := r.run(t)
+		waitLoaded := time.Now().Add(20 * time.Second)
+		for !r.d.Metrics.IsReady() && time.Now().Before(waitLoaded) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		r.units.mu.Lock()
+		r.units.fail = errors.New("nvidia-persistenced.service: job failed")
+		r.units.mu.Unlock()
+		reload <- syscall.SIGHUP
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			if v := scrape(t, r.d.Metrics)["nvidia_driverd_reconciles_total"]; v != nil && v.Metric[0].Counter.GetValue() >= 2 {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(r.root, "sys/module/nvidia")); err != nil {
+			t.Errorf("the running driver was unloaded by a failed re-check: %v", err)
+		}
+		if !r.d.Metrics.IsReady() {
+			t.Error("metrics say not ready, but the driver is loaded")
 		}
 	})
 

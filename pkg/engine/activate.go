@@ -60,6 +60,9 @@ type Activation struct {
 	// CDI is the CDI spec written or removed, as a path in this
 	// namespace; "" when it was left as it was or cdi-dir is empty.
 	CDI string
+	// CDIErr is why the CDI spec could not be written; the driver is
+	// usable anyway.
+	CDIErr error
 }
 
 // ErrRebootNeeded is wrapped when another driver version is loaded and in
@@ -154,9 +157,10 @@ func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activat
 		return out, err
 	}
 	if cfg.CDIDir != "" {
-		if err = a.step("cdi", func() error { return a.writeCDI(tree, &out) }); err != nil {
-			return out, err
-		}
+		// The spec serves containers; the driver is usable without it, so
+		// a failure here is reported (Observe, CDIErr) but does not undo
+		// the activation.
+		out.CDIErr = a.step("cdi", func() error { return a.writeCDI(tree, &out) })
 	}
 	if cfg.Persistenced != "" && a.Units != nil {
 		err = a.step("persistenced", func() error {

@@ -225,15 +225,18 @@ func (w *Watcher) session(ctx context.Context, conn *dbus.Conn, out chan Status)
 			}
 			switch sig.Name {
 			case signalStatusUpdate:
+				// Any peer can send a signal to this connection, whatever
+				// the match rules, so the signal is only a hint: the status
+				// comes from GetStatus to update_engine's well-known name,
+				// which only update_engine answers.
 				if sig.Path != ObjectPath {
 					continue
 				}
-				s, err := parseStatus(sig.Body)
-				if err != nil {
-					log.Warn("update_engine: bad StatusUpdate", zap.Error(err))
+				if _, err := parseStatus(sig.Body); err != nil {
+					log.Warn("update_engine: bad StatusUpdate", zap.String("sender", sig.Sender), zap.Error(err))
 					continue
 				}
-				offer(out, s)
+				ask()
 			case signalOwnerChanged:
 				if sig.Sender != busDriver || len(sig.Body) != 3 {
 					continue

@@ -42,6 +42,52 @@ func TestWatch(t *testing.T) {
 		waitStatus(ctx, t, ch, "4081.2.0 staged", staged("4081.2.0"))
 	})
 
+	t.Run("a StatusUpdate sent by another peer straight to the watcher is not believed", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		b := dbustest.New(t)
+		f := dbustest.NewUpdateEngine(t, b, Status{Operation: StatusIdle})
+		var watcherName string
+		connect := func() (*dbus.Conn, error) {
+			c, err := b.Connect()
+			if err == nil {
+				watcherName = c.Names()[0]
+			}
+			return c, err
+		}
+		ch := (&Watcher{Connect: connect, MinDelay: time.Hour}).Watch(ctx)
+		waitStatus(ctx, t, ch, "IDLE", func(s Status) bool { return s.Operation == StatusIdle })
+
+		// A unicast signal reaches the watcher whatever its match rules say.
+		spoofer, err := b.Dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer spoofer.Close()
+		body := []any{int64(0), float64(1), StatusUpdatedNeedReboot, "6666.6.6", int64(1 << 40)}
+		msg := &dbus.Message{Type: dbus.TypeSignal, Headers: map[dbus.HeaderField]dbus.Variant{
+			dbus.FieldPath:        dbus.MakeVariant(ObjectPath),
+			dbus.FieldInterface:   dbus.MakeVariant(Interface),
+			dbus.FieldMember:      dbus.MakeVariant(memberStatusUpdate),
+			dbus.FieldDestination: dbus.MakeVariant(watcherName),
+			dbus.FieldSignature:   dbus.MakeVariant(dbus.SignatureOf(body...)),
+		}, Body: body}
+		if call := spoofer.Send(msg, nil); call.Err != nil {
+			t.Fatal(call.Err)
+		}
+		// The real update_engine then stages 4081.2.0; the spoofed version
+		// must never have been reported before it.
+		f.Emit(t, Status{Operation: StatusUpdatedNeedReboot, NewVersion: "4081.2.0"})
+		for s := range ch {
+			if s.NewVersion == "6666.6.6" {
+				t.Fatalf("the spoofed status was reported: %+v", s)
+			}
+			if s.Staged() == "4081.2.0" {
+				break
+			}
+		}
+	})
+
 	t.Run("a restarted update_engine is asked for its status again", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
