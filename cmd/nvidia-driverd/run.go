@@ -153,13 +153,10 @@ func (g *globals) metrics(ctx context.Context, d *daemon.Daemon) *metrics.Server
 			g.log.Error("metrics textfile", zap.Error(err))
 		}
 	}
-	srv, err := d.Metrics.Serve(ctx, c.MetricsAddr, g.log)
+	srv, err := d.Metrics.Serve(ctx, c.MetricsAddr, g.log) // logs the address
 	if err != nil {
 		g.log.Error("metrics not served", zap.Error(err))
 		return nil
-	}
-	if srv != nil {
-		g.log.Info("serving metrics", zap.String("addr", srv.Addr().String()))
 	}
 	return srv
 }
