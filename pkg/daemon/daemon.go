@@ -243,23 +243,34 @@ func (d *Daemon) Reconcile(ctx context.Context) (Outcome, error) {
 		return Outcome{}, err
 	}
 	d.notify(d.Notify.Status("waiting for the store lock"))
-	lock, err := s.Lock(ctx, true)
-	if err != nil {
-		return Outcome{}, err
-	}
-	defer func() {
-		if err := lock.Unlock(); err != nil {
-			d.Log.Warn("unlock store", zap.Error(err))
-		}
-	}()
-	removed, err := s.Clean()
-	for _, p := range removed {
-		d.Log.Info("removed leftover of an interrupted install", zap.String("path", p))
+	unlock, err := d.lockAndClean(ctx, s)
+	if unlock != nil {
+		defer unlock()
 	}
 	if err != nil {
 		return Outcome{}, err
 	}
 	return d.Converge(ctx, s)
+}
+
+// lockAndClean waits for the store's lock and removes what interrupted
+// installs left. unlock is nil when the lock was not taken; otherwise the
+// caller must call it, error or not.
+func (d *Daemon) lockAndClean(ctx context.Context, s *store.Store) (unlock func(), err error) {
+	lock, err := s.Lock(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	unlock = func() {
+		if err := lock.Unlock(); err != nil {
+			d.Log.Warn("unlock store", zap.Error(err))
+		}
+	}
+	removed, err := s.Clean()
+	for _, p := range removed {
+		d.Log.Info("removed leftover of an interrupted install", zap.String("path", p))
+	}
+	return unlock, err
 }
 
 // Converge is Reconcile for a caller that already holds the store's lock

@@ -189,19 +189,11 @@ func (d *Daemon) prefetch(ctx context.Context, running engine.Facts, u StagedUpd
 		return d.prefetchFailed(ctx, running, nil, rec, err, retryIn)
 	}
 	d.Log.Debug("prefetch: waiting for the store lock")
-	lock, err := s.Lock(ctx, true)
-	if err != nil {
-		return d.prefetchFailed(ctx, running, nil, rec, err, retryIn)
+	unlock, err := d.lockAndClean(ctx, s)
+	if unlock == nil {
+		return d.prefetchFailed(ctx, running, nil, rec, err, retryIn) // no lock: no state write
 	}
-	defer func() {
-		if err := lock.Unlock(); err != nil {
-			d.Log.Warn("unlock store", zap.Error(err))
-		}
-	}()
-	removed, err := s.Clean()
-	for _, p := range removed {
-		d.Log.Info("removed leftover of an interrupted install", zap.String("path", p))
-	}
+	defer unlock()
 	if err != nil {
 		return d.prefetchFailed(ctx, running, s, rec, err, retryIn)
 	}

@@ -38,6 +38,20 @@ echo "info driverd: StatusText=$(prop nvidia-driverd StatusText)"
 echo "info store: $(cd /opt/nvidia 2>/dev/null && for l in current previous; do [ -L $l ] && printf '%s -> %s; ' $l "$(readlink $l)"; done)"
 echo "info overlays: $(findmnt -rn -t overlay -o TARGET,OPTIONS | tr '\n' ' ')"
 
+# wait_prefetch waits up to two minutes for status --json to report a
+# prefetch ready, then keeps both forms of status on the share.
+wait_prefetch() {
+	i=0
+	until /opt/bin/nvidia-driverd status --json 2>/dev/null | grep -Eq '"state": *"ready"'; do
+		i=$((i + 1))
+		if [ $i -gt 240 ]; then break; fi
+		sleep 0.5
+	done
+	/opt/bin/nvidia-driverd status --json >$S/status-prefetch.json 2>&1
+	/opt/bin/nvidia-driverd status >$S/status.txt 2>&1
+	check "status --json: prefetch ready" grep -Eq '"state": *"ready"' $S/status-prefetch.json
+}
+
 # Microseconds from the daemon's start to READY=1 (the unit becoming active).
 ready_time() {
 	if [ "$(prop nvidia-driverd ActiveState)" != active ]; then return; fi
@@ -222,15 +236,7 @@ prefetch-staged)
 	eq "current is this OS version's tree" "$(readlink /opt/nvidia/current)" "550.54.14/4081.1.0"
 	echo "info fake update_engine: $(prop fake-update-engine ActiveState)"
 	# The update is announced after READY; the prefetch follows.
-	i=0
-	until /opt/bin/nvidia-driverd status --json 2>/dev/null | grep -Eq '"state": *"ready"'; do
-		i=$((i + 1))
-		if [ $i -gt 240 ]; then break; fi
-		sleep 0.5
-	done
-	/opt/bin/nvidia-driverd status --json >$S/status-prefetch.json 2>&1
-	/opt/bin/nvidia-driverd status >$S/status.txt 2>&1
-	check "status --json: prefetch ready" grep -Eq '"state": *"ready"' $S/status-prefetch.json
+	wait_prefetch
 	check "status --json: prefetch for os_version 4081.2.0" grep -Eq '"os_version": *"4081.2.0"' $S/status-prefetch.json
 	staged_kernel=$(cat $S/staged-kernel)
 	check "the staged version's tree is in the store, with modules for $staged_kernel" \
@@ -253,15 +259,7 @@ kernel-prefetch-staged)
 	check "no prefetch before the kernel is complete" sh -c "! /opt/bin/nvidia-driverd status --json | grep -q '\"prefetch\"'"
 	# depmod's last step: modules.dep appears.
 	mv /lib/modules/$rt/.modules.dep.e2e /lib/modules/$rt/modules.dep
-	i=0
-	until /opt/bin/nvidia-driverd status --json 2>/dev/null | grep -Eq '"state": *"ready"'; do
-		i=$((i + 1))
-		if [ $i -gt 240 ]; then break; fi
-		sleep 0.5
-	done
-	/opt/bin/nvidia-driverd status --json >$S/status-prefetch.json 2>&1
-	/opt/bin/nvidia-driverd status >$S/status.txt 2>&1
-	check "status --json: prefetch ready" grep -Eq '"state": *"ready"' $S/status-prefetch.json
+	wait_prefetch
 	check "status --json: prefetch for kernel $rt" grep -Eq "\"kernel_release\": *\"$rt\"" $S/status-prefetch.json
 	check "the new kernel's tree is in the store" test -f /opt/nvidia/550.54.14/$rt/lib/modules/$rt/video/nvidia.ko
 	eq "current is untouched" "$(readlink /opt/nvidia/current)" "550.54.14/$rel"
