@@ -7,11 +7,9 @@
 package builder
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -34,6 +32,7 @@ import (
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/feed"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/publish"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
+	"github.com/nvidia-driverd/nvidia-driverd/test/cmdtest"
 	"github.com/nvidia-driverd/nvidia-driverd/test/kofixture"
 )
 
@@ -76,20 +75,8 @@ type result struct {
 // run runs a command with a clean environment plus env.
 func run(t *testing.T, env []string, name string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	r := result{stdout: stdout.String(), stderr: stderr.String()}
-	var exit *exec.ExitError
-	switch {
-	case errors.As(err, &exit):
-		r.code = exit.ExitCode()
-	case err != nil:
-		t.Fatal(err)
-	}
-	return r
+	r := cmdtest.Run(t, env, name, args...)
+	return result{stdout: r.Stdout, stderr: r.Stderr, code: r.Code}
 }
 
 func must(t *testing.T, r result, code int) {
