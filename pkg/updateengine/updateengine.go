@@ -155,12 +155,7 @@ func (w *Watcher) Watch(ctx context.Context) <-chan Status {
 				return
 			}
 			failures++
-			d := w.delay(failures)
-			l := log.Debug
-			if failures == 1 {
-				l = log.Warn
-			}
-			l("update_engine: not connected to the bus; reconnecting", zap.Error(err), zap.Duration("in", d))
+			d := w.backoff(failures, log.Warn, "update_engine: not connected to the bus; reconnecting", err)
 			if !sleep(ctx, d) {
 				return
 			}
@@ -198,13 +193,7 @@ func (w *Watcher) session(ctx context.Context, conn *dbus.Conn, out chan Status)
 				return
 			}
 			failures++
-			d := w.delay(failures)
-			l := log.Debug
-			if failures == 1 {
-				l = log.Info
-			}
-			l("update_engine: no status yet; asking again", zap.Error(err), zap.Duration("in", d))
-			retry.Reset(d)
+			retry.Reset(w.backoff(failures, log.Info, "update_engine: no status yet; asking again", err))
 			return
 		}
 		failures = 0
@@ -258,6 +247,19 @@ func (w *Watcher) session(ctx context.Context, conn *dbus.Conn, out chan Status)
 			}
 		}
 	}
+}
+
+// backoff returns the wait before try failures+1 and logs it: at first
+// with first, later at debug level, so that a long outage does not flood
+// the journal.
+func (w *Watcher) backoff(failures int, first func(string, ...zap.Field), msg string, err error) time.Duration {
+	d := w.delay(failures)
+	l := w.logger().Debug
+	if failures == 1 {
+		l = first
+	}
+	l(msg, zap.Error(err), zap.Duration("in", d))
+	return d
 }
 
 // offer puts s on out, replacing a status not yet received. Watch is the
