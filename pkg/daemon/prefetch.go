@@ -247,12 +247,7 @@ func (d *Daemon) prefetch(ctx context.Context, running engine.Facts, u StagedUpd
 	if err != nil {
 		return d.prefetchFailed(ctx, running, s, rec, err, retryIn)
 	}
-	rec.Tree = got.Tree
-	if inv, err := store.Scan(d.Root, d.Config.Store); err == nil {
-		if tr := inv.Tree(got.Tree); tr != nil && tr.Meta != nil && tr.Meta.KernelRelease != "" {
-			rec.KernelRelease = tr.Meta.KernelRelease // the image's label named it
-		}
-	}
+	rec.Tree, rec.KernelRelease = got.Tree, got.KernelRelease // the image's label may have named it
 	rec.State, rec.At = store.PrefetchReady, time.Now().UTC()
 	if err := s.SetPrefetch(rec); err != nil {
 		return d.prefetchFailed(ctx, running, s, rec, err, retryIn)

@@ -54,6 +54,9 @@ type Fetched struct {
 	Digest string
 	Reused bool  // an installed tree had the same digest: nothing downloaded
 	Bytes  int64 // compressed bytes downloaded
+	// KernelRelease is the kernel the modules were checked against: the
+	// target's, or the one the image's label names for a prefetch.
+	KernelRelease string
 }
 
 // Fetch makes the tree for t available in the store: it resolves the
@@ -75,6 +78,7 @@ func (f *Fetcher) Fetch(ctx context.Context, t Target) (Fetched, error) {
 			return out, fmt.Errorf("%s has no %s label; name the kernel it is for", img.Ref, publish.LabelKernel)
 		}
 	}
+	out.KernelRelease = t.Kernel.Release
 	if why, bad := f.BadDigests[out.Digest]; bad {
 		return out, fmt.Errorf("%s failed before (%s); publish a fixed image", img.Ref, why)
 	}

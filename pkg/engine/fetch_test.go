@@ -320,6 +320,9 @@ func TestFetch(t *testing.T) {
 		if got.Tree == "" {
 			t.Fatal("no tree")
 		}
+		if got.KernelRelease != kernel {
+			t.Errorf("Fetched.KernelRelease %q, want the label's %q", got.KernelRelease, kernel)
+		}
 	})
 
 	t.Run("a corrupted layer fails the fetch and leaves the old tree current", func(t *testing.T) {
