@@ -219,9 +219,8 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 // not ready only when the wanted driver is in fact no longer loaded.
 func (d *Daemon) recheckFailed(err error) {
 	d.Log.Error("re-check failed", zap.Error(err))
-	if f, gerr := engine.Gather(d.Root, d.Config); gerr != nil || f.LoadedVersion() == "" ||
-		(d.Config.DriverVersion != "" && f.LoadedVersion() != d.Config.DriverVersion) {
-		d.Metrics.NotReady()
+	if _, plan, perr := d.plan(); perr != nil || plan.Action != engine.ActionNone {
+		d.Metrics.NotReady() // what `status --ready` would say too
 	}
 	d.Metrics.Reconciled()
 	d.notify(d.Notify.Ready("re-check failed, previous state kept: " + err.Error()))
@@ -287,20 +286,27 @@ func (d *Daemon) Converge(ctx context.Context, s *store.Store) (Outcome, error) 
 	return d.keepPrevious(ctx, s, err)
 }
 
-// reconcile plans and carries the plan out. A freshly switched tree that
-// fails to activate is marked bad and current goes back to where it was.
-func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error) {
+// plan reads the host and the store's state and decides, as `status` does.
+func (d *Daemon) plan() (engine.Facts, engine.Decision, error) {
 	facts, err := engine.Gather(d.Root, d.Config)
 	if err != nil {
-		d.Metrics.Failure(metrics.StepGather)
-		return Outcome{}, err
+		return facts, engine.Decision{}, err
 	}
 	st, err := store.ReadState(d.Root, d.Config.Store)
 	if err != nil {
+		return facts, engine.Decision{}, err
+	}
+	return facts, engine.Plan(facts, d.Config, engine.State{BadDigests: st.Reasons()}), nil
+}
+
+// reconcile plans and carries the plan out. A freshly switched tree that
+// fails to activate is marked bad and current goes back to where it was.
+func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error) {
+	facts, plan, err := d.plan()
+	if err != nil {
 		d.Metrics.Failure(metrics.StepGather)
 		return Outcome{}, err
 	}
-	plan := engine.Plan(facts, d.Config, engine.State{BadDigests: st.Reasons()})
 	log := d.Log.With(zap.String("kernel", facts.Kernel.Release), zap.String("driver", plan.Driver))
 	log.Info("planned", zap.String("action", string(plan.Action)), zap.String("reason", plan.Reason))
 	d.notify(d.Notify.Status(fmt.Sprintf("%s: %s", plan.Action, plan.Reason)))
