@@ -23,39 +23,18 @@ fi
 
 log() { printf 'distribution: %s\n' "$*" >&2; }
 
-for tool in apt-get dpkg-deb; do
-	if ! command -v "$tool" >/dev/null; then
-		log "need $tool (a Debian-based system) to fetch the distribution registry"
-		exit 1
-	fi
-done
+. "$(dirname "$0")/../debfetch.sh"
+need_tools "fetch the distribution registry" apt-get dpkg-deb
 
 mkdir -p "$dir"
 work=$(mktemp -d "$dir/.work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# fetch downloads the package into $work; it fails quietly so that the
-# caller can refresh the package lists and try again.
-fetch() {
-	log "downloading docker-registry"
-	(cd "$work" && apt-get download -q docker-registry >&2) || return 1
-}
+deb=$(fetch_deb "$work" echo docker-registry)
 
-if ! fetch; then
-	log "download failed; running apt-get update and retrying"
-	apt-get update -q >&2
-	fetch
-fi
-
-debs=("$work"/*.deb)
-if [[ ${#debs[@]} -ne 1 || ! -f "${debs[0]}" ]]; then
-	log "expected one .deb in $work, found: ${debs[*]}"
-	exit 1
-fi
-
-dpkg-deb -x "${debs[0]}" "$work/root"
+dpkg-deb -x "$deb" "$work/root"
 if [[ ! -x "$work/root/usr/bin/docker-registry" ]]; then
-	log "no usr/bin/docker-registry in ${debs[0]##*/}"
+	log "no usr/bin/docker-registry in ${deb##*/}"
 	exit 1
 fi
 # Rename into place last, so that an interrupted run leaves no binary that
