@@ -33,6 +33,7 @@ import (
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/publish"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
 	"github.com/nvidia-driverd/nvidia-driverd/test/cmdtest"
+	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 	"github.com/nvidia-driverd/nvidia-driverd/test/kofixture"
 )
 
@@ -310,17 +311,11 @@ func fakePackage(t *testing.T) (extract, modules string) {
 			t.Fatal(err)
 		}
 	}
-	for _, m := range []struct {
-		file, name string
-		depends    []string
-	}{
-		{"nvidia", "nvidia", nil},
-		{"nvidia-modeset", "nvidia_modeset", []string{"nvidia"}},
-		{"nvidia-uvm", "nvidia_uvm", []string{"nvidia"}},
-		{"nvidia-drm", "nvidia_drm", []string{"nvidia-modeset", "drm_kms_helper", "drm"}},
-		{"nvidia-peermem", "nvidia_peermem", []string{"nvidia", "ib_core"}},
-	} {
-		kofixture.Build(t, modules, kofixture.Module{Name: m.file, Fields: kofixture.Standard(m.name, driver, vermagic, m.depends...)})
+	// The four every host loads, and nvidia-peermem, which a driver
+	// package builds too.
+	for _, m := range append(slices.Clone(hostfixture.DriverModules),
+		hostfixture.DriverModule{File: "nvidia-peermem", Name: "nvidia_peermem", Depends: []string{"nvidia", "ib_core"}}) {
+		kofixture.Build(t, modules, kofixture.Module{Name: m.File, Fields: kofixture.Standard(m.Name, driver, vermagic, m.Depends...)})
 	}
 	return extract, modules
 }

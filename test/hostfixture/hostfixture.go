@@ -105,12 +105,16 @@ func Names() []string {
 	return names
 }
 
-// driverModules are the NVIDIA modules with their dependencies, as the
+// DriverModule is one NVIDIA kernel module: its file name (without .ko),
+// its module name and the modules its depends= names.
+type DriverModule struct {
+	File, Name string
+	Depends    []string
+}
+
+// DriverModules are the NVIDIA modules with their dependencies, as the
 // real driver builds them.
-var driverModules = []struct {
-	file, name string
-	depends    []string
-}{
+var DriverModules = []DriverModule{
 	{"nvidia", "nvidia", nil},
 	{"nvidia-modeset", "nvidia_modeset", []string{"nvidia"}},
 	{"nvidia-uvm", "nvidia_uvm", []string{"nvidia"}},
@@ -134,8 +138,8 @@ func Make(fixtures, dst string, s Spec) error {
 		}
 	}
 	if s.Unload {
-		for _, m := range driverModules {
-			if err := os.RemoveAll(filepath.Join(dst, "sys/module", m.name)); err != nil {
+		for _, m := range DriverModules {
+			if err := os.RemoveAll(filepath.Join(dst, "sys/module", m.Name)); err != nil {
 				return err
 			}
 		}
@@ -156,9 +160,9 @@ func Make(fixtures, dst string, s Spec) error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		for _, m := range driverModules {
-			fields := kofixture.Standard(m.name, t.Driver, vermagic+" ", m.depends...)
-			if _, err := kofixture.Write(dir, kofixture.Module{Name: m.file, Fields: fields}); err != nil {
+		for _, m := range DriverModules {
+			fields := kofixture.Standard(m.Name, t.Driver, vermagic+" ", m.Depends...)
+			if _, err := kofixture.Write(dir, kofixture.Module{Name: m.File, Fields: fields}); err != nil {
 				return err
 			}
 		}
@@ -265,9 +269,9 @@ func DriverTree(dst, driver, kernel, vermagic string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	for _, m := range driverModules {
-		fields := kofixture.Standard(m.name, driver, vermagic+" ", m.depends...)
-		if _, err := kofixture.Write(dir, kofixture.Module{Name: m.file, Fields: fields}); err != nil {
+	for _, m := range DriverModules {
+		fields := kofixture.Standard(m.Name, driver, vermagic+" ", m.Depends...)
+		if _, err := kofixture.Write(dir, kofixture.Module{Name: m.File, Fields: fields}); err != nil {
 			return err
 		}
 	}
