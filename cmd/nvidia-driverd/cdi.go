@@ -9,6 +9,7 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/atomicfile"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/cdi"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 )
 
@@ -28,7 +29,12 @@ is for looking at it, or writing it elsewhere with --output.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := g.cfg.Config
-			inv, err := store.Scan(g.root, cfg.Store)
+			h, err := hostinfo.Open(g.root)
+			if err != nil {
+				return err
+			}
+			defer h.Close()
+			inv, err := store.Scan(h.FS(), cfg.Store)
 			if err != nil {
 				return err
 			}
@@ -39,7 +45,7 @@ is for looking at it, or writing it elsewhere with --output.`,
 				}
 				return errors.New(msg)
 			}
-			spec, err := cdi.Generate(cdi.Options{Root: g.root, Tree: inv.Current})
+			spec, err := cdi.Generate(cdi.Options{Host: h, Tree: inv.Current})
 			if err != nil {
 				return err
 			}

@@ -5,168 +5,44 @@ import (
 	"errors"
 	"fmt"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"syscall"
-	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/daemon"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/unpack"
 )
-
-// sourceOptions turns the configuration into fetch options.
-func sourceOptions(cfg config.Config) (source.Options, error) {
-	p, err := v1.ParsePlatform(cfg.Platform)
-	if err != nil {
-		return source.Options{}, usageError{fmt.Errorf("platform %q: %w", cfg.Platform, err)}
-	}
-	return source.Options{Insecure: cfg.InsecureRegistries, Mirrors: cfg.Mirrors, Platform: *p, Digests: cfg.Digests}, nil
-}
-
-// imageSource is where images come from: an OCI layout directory (a host
-// path, taken under --root) or the repository.
-func (g *globals) imageSource() (source.Source, error) {
-	cfg := g.cfg.Config
-	opts, err := sourceOptions(cfg)
-	if err != nil {
-		return nil, err
-	}
-	if p, ok := strings.CutPrefix(cfg.Source, source.LayoutPrefix); ok {
-		return source.NewLayout(filepath.Join(g.root, p), opts), nil
-	}
-	if cfg.Repository == "" {
-		return nil, usageError{errors.New("no repository configured (repository, or source: oci-layout:/path)")}
-	}
-	return source.NewRegistry(cfg.Repository, opts)
-}
-
-// lockedStore opens the store and takes its lock. With wait unset, a store
-// held by another nvidia-driverd is an error naming its pid.
-func (g *globals) lockedStore(ctx context.Context, wait bool) (*store.Store, func(), error) {
-	s, err := store.Open(g.root, g.cfg.Config.Store)
-	if err != nil {
-		return nil, nil, err
-	}
-	if wait {
-		g.log.Debug("waiting for the store lock", zap.String("store", s.Dir()))
-	}
-	l, err := s.Lock(ctx, wait)
-	if err != nil {
-		if errors.Is(err, store.ErrLocked) {
-			return nil, nil, fmt.Errorf("%w (use --wait to wait for it)", err)
-		}
-		return nil, nil, err
-	}
-	removed, err := s.Clean()
-	for _, p := range removed {
-		g.log.Info("removed leftover of an interrupted install", zap.String("path", p))
-	}
-	if err != nil {
-		l.Unlock()
-		return nil, nil, err
-	}
-	return s, func() {
-		if err := l.Unlock(); err != nil {
-			g.log.Warn("unlock store", zap.Error(err))
-		}
-	}, nil
-}
-
-// locked runs fn with the store locked and a context cancelled by SIGINT
-// or SIGTERM.
-func (g *globals) locked(wait bool, fn func(ctx context.Context, s *store.Store) error) error {
-	ctx, cancel := signalContext()
-	defer cancel()
-	s, unlock, err := g.lockedStore(ctx, wait)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	return fn(ctx, s)
-}
-
-// fetcher builds a Fetcher over the configured source and s, remembering
-// images that failed before.
-func (g *globals) fetcher(s *store.Store) (*engine.Fetcher, error) {
-	src, err := g.imageSource()
-	if err != nil {
-		return nil, err
-	}
-	cfg := g.cfg.Config
-	st, err := store.ReadState(g.root, cfg.Store)
-	if err != nil {
-		return nil, err
-	}
-	return &engine.Fetcher{
-		Source: src, Store: s, Modules: cfg.Modules, BadDigests: st.Reasons(),
-		Limits: unpack.Limits{MaxBytes: cfg.MaxImageBytes, MaxEntries: cfg.MaxImageEntries},
-	}, nil
-}
-
-// target is what the running host needs, or, with osVersion or kernel
-// set, what a host booting that OS version or kernel needs (a prefetch).
-func (g *globals) target(f engine.Facts, driver, osVersion, kernel string) (engine.Target, error) {
-	cfg := g.cfg.Config
-	t := engine.Target{Driver: driver, OSID: f.OS.ID, OSVersion: f.OS.OSVersion(), Kernel: f.Kernel}
-	if osVersion != "" {
-		t.OSVersion = osVersion
-		if kernel == "" {
-			t.Kernel = engine.Kernel{} // named by the image's label
-		}
-	}
-	if kernel != "" {
-		t.Kernel = g.kernelFacts(kernel)
-	}
-	facts := f
-	facts.OS.VersionID, facts.Kernel.Release = t.OSVersion, t.Kernel.Release
-	t.TreeName = engine.TreeName(facts)
-	vars := engine.TagVars(facts, driver)
-	tmpl, err := cfg.Template()
-	if err != nil {
-		return t, usageError{err}
-	}
-	if t.Tag, err = tmpl.Render(vars); err != nil {
-		return t, err
-	}
-	if cfg.ImageSubdir != "" {
-		sub, err := source.ParseSubdir(cfg.ImageSubdir)
-		if err != nil {
-			return t, usageError{err}
-		}
-		if t.Subdir, err = sub.Render(vars); err != nil {
-			return t, err
-		}
-	}
-	return t, nil
-}
-
-// kernelFacts describes a kernel that may not be running: its flags are
-// known when the host already has its modules (a newly installed kernel on
-// a generic host).
-func (g *globals) kernelFacts(release string) engine.Kernel {
-	k := engine.Kernel{Release: release}
-	if host, fsPath, ok := hostinfo.InTreeModule(g.root, release); ok {
-		if info, err := modinfo.Read(fsPath); err == nil {
-			if vm, err := modinfo.ParseVermagic(info.Vermagic); err == nil && vm.Release == release {
-				k.Flags, k.FlagsFrom = vm.Flags, host
-			}
-		}
-	}
-	return k
-}
 
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+}
+
+// locked runs fn as the daemon's Locked does, with a context cancelled by
+// SIGINT or SIGTERM; a store held by another nvidia-driverd is an error
+// naming its pid unless wait is set.
+func (g *globals) locked(d *daemon.Daemon, wait bool, fn func(ctx context.Context, s *store.Store, h daemon.Host) error) error {
+	ctx, cancel := signalContext()
+	defer cancel()
+	err := d.Locked(ctx, wait, fn)
+	if !wait && errors.Is(err, store.ErrLocked) {
+		return fmt.Errorf("%w (use --wait to wait for it)", err)
+	}
+	return err
+}
+
+// oneShot is the daemon of a one-shot command: nobody listens to its
+// notifications, and download progress goes to the terminal.
+func (g *globals) oneShot() (*daemon.Daemon, *progress, error) {
+	d, err := g.daemon(nopNotifier{})
+	if err != nil {
+		return nil, nil, err
+	}
+	prog := newProgress(g.stderr, g.log)
+	d.Progress = prog.update
+	return d, prog, nil
 }
 
 func newFetchCommand(g *globals) *cobra.Command {
@@ -189,16 +65,21 @@ is the one the image's org.nvidia-driverd.kernel-release label names.`,
 			if driver == "" {
 				return usageError{errors.New("driver-version is not set")}
 			}
-			return g.locked(wait, func(ctx context.Context, s *store.Store) error {
-				facts, err := engine.Gather(g.root, g.cfg.Config)
+			d, prog, err := g.oneShot()
+			if err != nil {
+				return err
+			}
+			return g.locked(d, wait, func(ctx context.Context, s *store.Store, h daemon.Host) error {
+				a, err := engine.Assess(h, g.cfg.Config)
 				if err != nil {
 					return err
 				}
-				t, err := g.target(facts, driver, osVersion, kernel)
+				t, err := a.NextBoot(g.cfg.Config, driver, engine.Boot{OSVersion: osVersion, KernelRelease: kernel})
 				if err != nil {
 					return err
 				}
-				got, err := g.fetch(ctx, s, t)
+				got, err := d.Fetch(ctx, s, a, t, true)
+				prog.finish()
 				if err != nil {
 					return err
 				}
@@ -211,28 +92,6 @@ is the one the image's org.nvidia-driverd.kernel-release label names.`,
 	cmd.Flags().StringVar(&kernel, "kernel-release", "", "check the modules against this kernel release instead of the running one")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait for another nvidia-driverd holding the store")
 	return cmd
-}
-
-// fetch runs a Fetcher for t with progress and logs the outcome.
-func (g *globals) fetch(ctx context.Context, s *store.Store, t engine.Target) (engine.Fetched, error) {
-	prog := newProgress(g.stderr, g.log)
-	f, err := g.fetcher(s)
-	if err != nil {
-		return engine.Fetched{}, err
-	}
-	f.Progress = prog.update
-	log := g.log.With(zap.String("driver", t.Driver), zap.String("tag", t.Tag), zap.String("kernel", t.Kernel.Release))
-	log.Info("fetch started")
-	start := time.Now()
-	got, err := f.Fetch(ctx, t)
-	prog.finish()
-	if err != nil {
-		log.Error("fetch failed", zap.Error(err))
-		return got, err
-	}
-	log.Info("fetch finished", zap.String("image", got.Image), zap.String("tree", got.Tree),
-		zap.Bool("reused", got.Reused), zap.Int64("bytes", got.Bytes), zap.Duration("took", time.Since(start)))
-	return got, nil
 }
 
 func newInstallCommand(g *globals) *cobra.Command {
@@ -252,8 +111,24 @@ persistenced started. With --no-activate the store is updated and nothing
 on the running system changes (the next boot or 'activate' picks it up).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.locked(wait, func(ctx context.Context, s *store.Store) error {
-				return g.install(ctx, s, !noActivate)
+			d, prog, err := g.oneShot()
+			if err != nil {
+				return err
+			}
+			defer prog.finish()
+			return g.locked(d, wait, func(ctx context.Context, s *store.Store, h daemon.Host) error {
+				if noActivate {
+					return g.switchOnly(ctx, d, s, h)
+				}
+				// The daemon's reconcile, run once: fetch, switch,
+				// activate, and roll back a fresh tree that fails.
+				out, err := d.Converge(ctx, s, h)
+				prog.finish()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(g.stdout, out.Status())
+				return nil
 			})
 		},
 	}
@@ -262,47 +137,24 @@ on the running system changes (the next boot or 'activate' picks it up).`,
 	return cmd
 }
 
-// install carries out the plan in the store. With activate it is the
-// daemon's reconcile, run once: fetch, switch, activate, and roll back a
-// fresh tree that fails to activate. Without, it only fetches and
-// switches current.
-func (g *globals) install(ctx context.Context, s *store.Store, activate bool) error {
-	if activate {
-		d := g.daemon(nopNotifier{})
-		prog := newProgress(g.stderr, g.log)
-		d.Progress = prog.update
-		out, err := d.Converge(ctx, s)
-		prog.finish()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(g.stdout, out.Status())
-		return nil
-	}
-	cfg := g.cfg.Config
-	facts, err := engine.Gather(g.root, cfg)
+// switchOnly carries the plan out in the store alone: it fetches when
+// needed and switches current, touching nothing on the running system.
+func (g *globals) switchOnly(ctx context.Context, d *daemon.Daemon, s *store.Store, h daemon.Host) error {
+	a, err := engine.Assess(h, g.cfg.Config)
 	if err != nil {
 		return err
 	}
-	st, err := store.ReadState(g.root, cfg.Store)
-	if err != nil {
-		return err
-	}
-	d := engine.Plan(facts, cfg, engine.State{BadDigests: st.Reasons()})
-	g.log.Info("planned", zap.String("action", string(d.Action)), zap.String("reason", d.Reason))
-	tree := d.Tree
-	switch d.Action {
+	plan := a.Decision
+	g.log.Info("planned", zap.String("action", string(plan.Action)), zap.String("reason", plan.Reason))
+	tree := plan.Tree
+	switch plan.Action {
 	case engine.ActionRefuse:
-		return errors.New(d.Reason)
+		return errors.New(plan.Reason)
 	case engine.ActionNone, engine.ActionLoad:
-		fmt.Fprintf(g.stdout, "%s is current and matches kernel %s\n", d.Tree, facts.Kernel.Release)
+		fmt.Fprintf(g.stdout, "%s is current and matches kernel %s\n", plan.Tree, a.Facts.Kernel.Release)
 		return nil
 	case engine.ActionInstall:
-		t, err := g.target(facts, d.Driver, "", "")
-		if err != nil {
-			return err
-		}
-		got, err := g.fetch(ctx, s, t)
+		got, err := d.Fetch(ctx, s, a, *plan.Target, true)
 		if err != nil {
 			return err
 		}
@@ -326,7 +178,11 @@ func newGCCommand(g *globals) *cobra.Command {
 		Short: "Remove old driver trees, keeping the newest 'keep' and never current or previous",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.locked(wait, func(_ context.Context, s *store.Store) error {
+			d, err := g.daemon(nopNotifier{})
+			if err != nil {
+				return err
+			}
+			return g.locked(d, wait, func(_ context.Context, s *store.Store, _ daemon.Host) error {
 				removed, err := s.GC(g.cfg.Config.Keep)
 				for _, p := range removed {
 					fmt.Fprintf(g.stdout, "removed %s\n", p)
@@ -346,7 +202,11 @@ func newRollbackCommand(g *globals) *cobra.Command {
 		Short: "Switch current back to the previous driver tree",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.locked(wait, func(_ context.Context, s *store.Store) error {
+			d, err := g.daemon(nopNotifier{})
+			if err != nil {
+				return err
+			}
+			return g.locked(d, wait, func(_ context.Context, s *store.Store, _ daemon.Host) error {
 				from, to, err := s.Rollback()
 				if err != nil {
 					return err

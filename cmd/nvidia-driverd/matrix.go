@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"text/tabwriter"
 	"time"
 
@@ -12,6 +11,8 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/feed"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
 )
@@ -23,8 +24,6 @@ type matrixFlags struct {
 	asJSON                   bool
 	timeout                  time.Duration
 }
-
-var matrixDriverRE = regexp.MustCompile(`^[0-9]+(\.[0-9]+){1,3}$`)
 
 func newMatrixCommand(g *globals) *cobra.Command {
 	var f matrixFlags
@@ -84,7 +83,7 @@ func (g *globals) matrix(f matrixFlags) error {
 		return usageError{errors.New("--driver is required (or set driver-version)")}
 	}
 	for _, d := range drivers {
-		if !matrixDriverRE.MatchString(d) {
+		if !config.IsDriverVersion(d) {
 			return usageError{fmt.Errorf("--driver %q: want a version such as 550.54.14", d)}
 		}
 	}
@@ -101,9 +100,9 @@ func (g *globals) matrix(f matrixFlags) error {
 	if err != nil {
 		return usageError{err}
 	}
-	opts, err := sourceOptions(cfg)
+	opts, err := engine.SourceOptions(cfg)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	opts.Mirrors = nil // a mirror having the image does not put it in the repository
 	opts.Platform = v1.Platform{OS: "linux", Architecture: f.arch}

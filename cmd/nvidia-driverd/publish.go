@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
+
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
@@ -70,9 +72,9 @@ func (g *globals) publish(ctx context.Context, f publishFlags, ref string) error
 		return usageError{err}
 	}
 	cfg := g.cfg.Config
-	opts, err := sourceOptions(cfg)
+	opts, err := engine.SourceOptions(cfg)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 
 	// Check the modules before building anything.
@@ -80,7 +82,12 @@ func (g *globals) publish(ctx context.Context, f publishFlags, ref string) error
 	if err != nil {
 		return err
 	}
-	tree := store.ReadTree("/", from, f.driver, f.osVersion)
+	local, err := hostfs.Open("/")
+	if err != nil {
+		return err
+	}
+	defer local.Close()
+	tree := store.ReadTree(local, from, f.driver, f.osVersion)
 	fit := engine.Judge(tree, engine.Kernel{Release: f.kernel}, cfg.Modules)
 	if !fit.Matches {
 		return fmt.Errorf("publish %s: %s", f.from, fit.Problem)

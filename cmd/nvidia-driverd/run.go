@@ -18,31 +18,18 @@ import (
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/metrics"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/nextboot"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/updateengine"
 )
 
-// activator builds the real seams: finit_module, mount(2), systemd over
-// D-Bus (connected on first use).
-func (g *globals) activator() *engine.Activator {
-	return &engine.Activator{
-		Root: g.root, Config: g.cfg.Config,
-		Kernel: kmod.Syscalls{}, Mounter: libs.Syscalls{}, Units: systemd.NewUnits(nil),
-	}
-}
-
-// daemon builds the daemon over the real seams, reporting to notify.
-func (g *globals) daemon(notify daemon.Notifier) *daemon.Daemon {
-	return &daemon.Daemon{
-		Root: g.root, Config: g.cfg.Config, Log: g.log,
-		Notify:    notify,
-		Activator: g.activator(),
-		Fetcher:   g.fetcher,
-		Target: func(f engine.Facts, driver string) (engine.Target, error) {
-			return g.target(f, driver, "", "")
-		},
-	}
+// daemon builds the daemon over the real seams: finit_module, mount(2),
+// systemd over D-Bus (connected on first use); it reports to notify.
+func (g *globals) daemon(notify daemon.Notifier) (*daemon.Daemon, error) {
+	return daemon.New(daemon.Deps{
+		Root: g.root, Config: g.cfg.Config, Log: g.log, Notify: notify,
+		Syscalls: kmod.LinuxSyscalls{}, Mounter: libs.Syscalls{}, Units: systemd.NewUnits(nil),
+	})
 }
 
 // followUpdates gives the daemon what it follows to prefetch the driver
@@ -51,21 +38,18 @@ func (g *globals) daemon(notify daemon.Notifier) *daemon.Daemon {
 // host's kernel directories (other hosts, when the tag template names
 // the kernel release). The daemon picks one by the host's OS.
 func (g *globals) followUpdates(d *daemon.Daemon) {
-	d.PrefetchTarget = func(f engine.Facts, driver string, u daemon.StagedUpdate) (engine.Target, error) {
-		return g.target(f, driver, u.OSVersion, u.KernelRelease)
-	}
-	d.UpdateEngine = func(ctx context.Context) <-chan updateengine.Status {
-		w := &updateengine.Watcher{Connect: updateengine.SystemBus, Log: g.log}
+	d.UpdateEngine = func(ctx context.Context) <-chan nextboot.Status {
+		w := &nextboot.Watcher{Connect: nextboot.SystemBus, Log: g.log}
 		return w.Watch(ctx)
 	}
 	d.Kernels = func(ctx context.Context) <-chan string {
 		// Kernels installed since boot, before the daemon (re)started,
 		// count as new too.
-		since, err := updateengine.BootTime()
+		since, err := nextboot.BootTime()
 		if err != nil {
 			g.log.Warn("kernel watch: boot time unknown; only kernels installed from now on count", zap.Error(err))
 		}
-		w := &updateengine.KernelWatcher{Root: g.root, Since: since, Log: g.log}
+		w := &nextboot.KernelWatcher{Root: g.root, Since: since, Log: g.log}
 		return w.Watch(ctx)
 	}
 }
@@ -80,25 +64,6 @@ func (nopNotifier) Stopping(string) error             { return nil }
 func (nopNotifier) ExtendTimeout(time.Duration) error { return nil }
 func (nopNotifier) Watchdog() error                   { return nil }
 func (nopNotifier) WatchdogInterval() time.Duration   { return 0 }
-
-// activate activates tree and logs what it did.
-func (g *globals) activate(ctx context.Context, facts engine.Facts, tree string) error {
-	act, err := g.activator().Activate(ctx, facts, tree)
-	if err != nil {
-		g.log.Error("activation failed", systemd.MessageID(systemd.MessageActivationFailed), zap.String("tree", tree), zap.Error(err))
-		return err
-	}
-	var loaded []string
-	for _, m := range act.Modules {
-		if m.Skipped == "" {
-			loaded = append(loaded, m.Name)
-		}
-	}
-	g.log.Info("driver activated", systemd.MessageID(systemd.MessageDriverActivated), zap.String("tree", tree),
-		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted))
-	fmt.Fprintf(g.stdout, "activated %s\n", tree)
-	return nil
-}
 
 func newActivateCommand(g *globals) *cobra.Command {
 	var wait bool
@@ -117,19 +82,28 @@ another driver version is loaded and in use, nothing changes and the
 command says a reboot is needed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.locked(wait, func(ctx context.Context, _ *store.Store) error {
-				facts, err := engine.Gather(g.root, g.cfg.Config)
+			d, err := g.daemon(nopNotifier{})
+			if err != nil {
+				return err
+			}
+			return g.locked(d, wait, func(ctx context.Context, _ *store.Store, h daemon.Host) error {
+				a, err := engine.Assess(h, g.cfg.Config)
 				if err != nil {
 					return err
 				}
-				t := facts.Store.Tree(facts.Store.Current)
+				f := a.Facts
+				t := f.Store.Tree(f.Store.Current)
 				if t == nil {
 					return errors.New("nothing is current; run install first")
 				}
-				if fit := engine.Judge(*t, facts.Kernel, g.cfg.Config.Modules); !fit.Matches {
-					return fmt.Errorf("%s does not match kernel %s: %s", t.Path, facts.Kernel.Release, fit.Problem)
+				if fit := engine.Judge(*t, f.Kernel, g.cfg.Config.Modules); !fit.Matches {
+					return fmt.Errorf("%s does not match kernel %s: %s", t.Path, f.Kernel.Release, fit.Problem)
 				}
-				return g.activate(ctx, facts, t.Path)
+				if _, err := d.Activate(ctx, a, t.Path); err != nil {
+					return err
+				}
+				fmt.Fprintf(g.stdout, "activated %s\n", t.Path)
+				return nil
 			})
 		},
 	}
@@ -195,15 +169,18 @@ node_exporter's textfile collector after every change.`,
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
 
-			d := g.daemon(systemd.NewNotifier(true))
-			if u, ok := d.Activator.Units.(*systemd.Units); ok {
+			d, err := g.daemon(systemd.NewNotifier(true))
+			if err != nil {
+				return err
+			}
+			if u, ok := d.Units.(*systemd.Units); ok {
 				defer u.Close()
 			}
 			if g.cfg.Config.Prefetch {
 				g.followUpdates(d)
 			}
 			srv := g.metrics(ctx, d)
-			err := d.Run(ctx, hup)
+			err = d.Run(ctx, hup)
 			cancel() // stops the metrics server
 			if werr := srv.Wait(); werr != nil {
 				g.log.Warn("metrics server", zap.Error(werr))
@@ -225,8 +202,12 @@ When something still uses the GPU, nothing is unloaded and the command says
 so. Stop nvidia-driverd.service first, or it will activate again on reload.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return g.locked(wait, func(ctx context.Context, _ *store.Store) error {
-				act, err := g.activator().Deactivate(ctx)
+			d, err := g.daemon(nopNotifier{})
+			if err != nil {
+				return err
+			}
+			return g.locked(d, wait, func(ctx context.Context, _ *store.Store, h daemon.Host) error {
+				act, err := d.Deactivate(ctx, h)
 				for _, m := range act.Unloaded {
 					fmt.Fprintf(g.stdout, "unloaded %s\n", m)
 				}

@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 )
 
 func newStatusCommand(g *globals) *cobra.Command {
@@ -76,23 +75,20 @@ could not be read, 2 for bad flags or configuration.`,
 	return cmd
 }
 
-// report gathers the facts, plans and describes both.
+// report assesses the host once and describes it.
 func (g *globals) report() (engine.Report, error) {
-	cfg := g.cfg.Config
-	facts, err := engine.Gather(g.root, cfg)
+	d, err := g.daemon(nopNotifier{})
 	if err != nil {
 		return engine.Report{}, err
 	}
-	st, err := store.ReadState(g.root, cfg.Store)
-	if err != nil {
-		return engine.Report{}, err
-	}
-	d := engine.Plan(facts, cfg, engine.State{BadDigests: st.Reasons()})
-	g.log.Debug("planned", zap.String("action", string(d.Action)), zap.String("reason", d.Reason),
-		zap.String("kernel", facts.Kernel.Release), zap.String("root", g.root))
-	r := engine.NewReport(facts, cfg, d)
-	r.Prefetch = engine.NewPrefetchReport(st.Prefetch, facts)
-	return r, nil
+	var r engine.Report
+	err = d.Look(func(a engine.Assessment) error {
+		g.log.Debug("planned", zap.String("action", string(a.Decision.Action)), zap.String("reason", a.Decision.Reason),
+			zap.String("kernel", a.Facts.Kernel.Release), zap.String("root", g.root))
+		r = a.Report(g.cfg.Config)
+		return nil
+	})
+	return r, err
 }
 
 func writeJSON(w io.Writer, v any) error {

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/atomicfile"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 	units "github.com/nvidia-driverd/nvidia-driverd/systemd"
 )
 
@@ -64,7 +65,16 @@ Each file is replaced atomically and left alone when unchanged. Then run:
 // installFile writes data to host path dest atomically, leaving an
 // identical file alone, and says which it did.
 func (g *globals) installFile(dest string, data []byte, mode fs.FileMode) error {
-	changed, err := atomicfile.Replace(filepath.Join(g.root, dest), data, mode)
+	host, err := hostfs.Open(g.root)
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	p, err := host.Path(dest)
+	if err != nil {
+		return fmt.Errorf("install %s: %w", dest, err)
+	}
+	changed, err := atomicfile.Replace(p, data, mode)
 	if err != nil {
 		return fmt.Errorf("install %s: %w", dest, err)
 	}

@@ -45,6 +45,7 @@ import (
 	specs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/atomicfile"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 )
 
@@ -78,10 +79,20 @@ var mountOptions = []string{"ro", "nosuid", "nodev", "bind"}
 // spec would offer no device.
 var ErrNoGPU = errors.New("no GPU device node")
 
+// Host is what a spec is generated from: the GPUs the loaded nvidia module
+// lists, and the host tree that holds /dev and the driver tree;
+// *hostinfo.Host is the real one.
+type Host interface {
+	NvidiaGPUInfos() ([]hostinfo.GPUInfo, error)
+	FS() *hostfs.Root
+}
+
+var _ Host = (*hostinfo.Host)(nil)
+
 // Options say which tree to describe on which host.
 type Options struct {
-	Root     string // where the host is mounted; "" means "/"
-	Tree     string // host path of the tree; links are resolved under Root
+	Host     Host
+	Tree     string // host path of the tree; links are resolved inside the host tree
 	HookPath string // host path of nvidia-driverd for the hook; "" means DefaultHookPath
 }
 
@@ -92,7 +103,11 @@ type Options struct {
 // is missing or holds no library, a directory cannot be read, or the spec
 // is invalid; one wrapping ErrNoGPU when <root>/dev has no GPU node.
 func Generate(o Options) (*specs.Spec, error) {
-	root, tree, treeHost, err := resolve(o.Root, o.Tree)
+	if o.Host == nil {
+		return nil, errors.New("generate CDI spec: no host")
+	}
+	fs := o.Host.FS()
+	tree, treeHost, err := resolve(fs, o.Tree)
 	if err != nil {
 		return nil, fmt.Errorf("generate CDI spec: %w", err)
 	}
@@ -103,21 +118,21 @@ func Generate(o Options) (*specs.Spec, error) {
 	if !filepath.IsAbs(hook) {
 		return nil, fmt.Errorf("generate CDI spec for %s: hook path %q must be absolute", treeHost, hook)
 	}
-	libs, err := libraryMounts(root, tree, treeHost)
+	libs, err := libraryMounts(fs, tree, treeHost)
 	if err != nil {
 		return nil, fmt.Errorf("generate CDI spec for %s: %w", treeHost, err)
 	}
-	bins, err := binaryMounts(root, tree, treeHost)
+	bins, err := binaryMounts(fs, tree, treeHost)
 	if err != nil {
 		return nil, fmt.Errorf("generate CDI spec for %s: %w", treeHost, err)
 	}
-	devices, err := gpuDevices(root)
+	devices, err := gpuDevices(o.Host)
 	if err != nil {
 		return nil, fmt.Errorf("generate CDI spec for %s: %w", treeHost, err)
 	}
 	var ctl []*specs.DeviceNode
 	for _, name := range controlNodes {
-		if n, ok, err := charNode(root, name); err != nil {
+		if n, ok, err := charNode(fs, name); err != nil {
 			return nil, fmt.Errorf("generate CDI spec for %s: %w", treeHost, err)
 		} else if ok {
 			ctl = append(ctl, n)
@@ -191,9 +206,10 @@ func validate(p string) error {
 }
 
 // Path returns where the spec lives for CDI directory dir (a host path)
-// on the host mounted at root.
-func Path(root, dir string) string {
-	return filepath.Join(root, dir, SpecFile)
+// in host tree fs, resolved inside it (/var/run is a link to /run on most
+// hosts).
+func Path(fs *hostfs.Root, dir string) (string, error) {
+	return fs.Path(filepath.Join(dir, SpecFile))
 }
 
 // Write encodes s (see Encode) and replaces <root>/<dir>/SpecFile with it
@@ -201,11 +217,14 @@ func Path(root, dir string) string {
 // whether the file changed: writing the same spec again changes nothing.
 // It returns an error when dir is not absolute, s is invalid or the write
 // fails.
-func Write(root, dir string, s *specs.Spec) (string, bool, error) {
+func Write(fs *hostfs.Root, dir string, s *specs.Spec) (string, bool, error) {
 	if !filepath.IsAbs(dir) {
 		return "", false, fmt.Errorf("write CDI spec: directory %q must be absolute", dir)
 	}
-	p := Path(root, dir)
+	p, err := Path(fs, dir)
+	if err != nil {
+		return "", false, fmt.Errorf("write CDI spec: %w", err)
+	}
 	data, err := encode(s)
 	if err != nil {
 		return p, false, fmt.Errorf("write CDI spec %s: %w", p, err)
@@ -222,12 +241,15 @@ func Write(root, dir string, s *specs.Spec) (string, bool, error) {
 // Remove deletes <root>/<dir>/SpecFile. It returns the path and whether a
 // file was removed; an absent file is not an error. It returns an error
 // when dir is not absolute or the removal fails.
-func Remove(root, dir string) (string, bool, error) {
+func Remove(fs *hostfs.Root, dir string) (string, bool, error) {
 	if !filepath.IsAbs(dir) {
 		return "", false, fmt.Errorf("remove CDI spec: directory %q must be absolute", dir)
 	}
-	p := Path(root, dir)
-	err := os.Remove(p)
+	p, err := Path(fs, dir)
+	if err != nil {
+		return "", false, fmt.Errorf("remove CDI spec: %w", err)
+	}
+	err = os.Remove(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return p, false, nil
 	}
@@ -241,36 +263,30 @@ func Remove(root, dir string) (string, bool, error) {
 // tree under it, and that as a host path. It returns an error when either
 // is not absolute or does not resolve, or the tree is not a directory
 // inside the root.
-func resolve(rootDir, tree string) (root, real, host string, err error) {
-	if rootDir == "" {
-		rootDir = "/"
+func resolve(fs *hostfs.Root, tree string) (real, host string, err error) {
+	if !filepath.IsAbs(tree) {
+		return "", "", fmt.Errorf("tree %q must be absolute", tree)
 	}
-	if !filepath.IsAbs(rootDir) || !filepath.IsAbs(tree) {
-		return "", "", "", fmt.Errorf("root %q and tree %q must be absolute", rootDir, tree)
+	if real, err = fs.Path(tree); err != nil {
+		return "", "", fmt.Errorf("resolve tree: %w", err)
 	}
-	if root, err = filepath.EvalSymlinks(rootDir); err != nil {
-		return "", "", "", fmt.Errorf("resolve root: %w", err)
-	}
-	if real, err = filepath.EvalSymlinks(filepath.Join(root, tree)); err != nil {
-		return "", "", "", fmt.Errorf("resolve tree %s: %w", tree, err)
-	}
-	if !hostinfo.Within(real, root) || real == root {
-		return "", "", "", fmt.Errorf("resolve tree %s: %s is not inside the root %s", tree, real, root)
+	if real == fs.Dir() {
+		return "", "", fmt.Errorf("resolve tree %s: it is the host root %s", tree, real)
 	}
 	fi, err := os.Stat(real)
 	if err != nil {
-		return "", "", "", fmt.Errorf("resolve tree %s: %w", tree, err)
+		return "", "", fmt.Errorf("resolve tree %s: %w", tree, err)
 	}
 	if !fi.IsDir() {
-		return "", "", "", fmt.Errorf("resolve tree %s: %s is not a directory", tree, real)
+		return "", "", fmt.Errorf("resolve tree %s: %s is not a directory", tree, real)
 	}
-	return root, real, hostinfo.HostPath(root, real), nil
+	return real, fs.Host(real), nil
 }
 
 // libraryMounts returns the mounts of the libraries of tree's lib64/ (see
 // the package documentation). It returns an error when lib64/ cannot be
 // read or holds no library.
-func libraryMounts(root, tree, treeHost string) ([]*specs.Mount, error) {
+func libraryMounts(fs *hostfs.Root, tree, treeHost string) ([]*specs.Mount, error) {
 	dir := filepath.Join(tree, "lib64")
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -289,11 +305,11 @@ func libraryMounts(root, tree, treeHost string) ([]*specs.Mount, error) {
 		case e.Type().IsRegular():
 			mounts = append(mounts, bindMount(filepath.Join(treeHost, "lib64", name), filepath.Join(ContainerLibDir, name)))
 		case e.Type()&os.ModeSymlink != 0:
-			target, ok := regularTarget(tree, filepath.Join(dir, name))
+			target, ok := regularTarget(fs, tree, filepath.Join(treeHost, "lib64", name))
 			if !ok || sonameOf(target) == name {
 				continue // dangling, or made by ldconfig in the container
 			}
-			mounts = append(mounts, bindMount(hostinfo.HostPath(root, target), filepath.Join(ContainerLibDir, name)))
+			mounts = append(mounts, bindMount(fs.Host(target), filepath.Join(ContainerLibDir, name)))
 		}
 	}
 	if len(mounts) == 0 {
@@ -305,7 +321,7 @@ func libraryMounts(root, tree, treeHost string) ([]*specs.Mount, error) {
 // binaryMounts returns the mounts of the executables of tree's bin/ but
 // the host-only ones; none when there is no bin/. It returns an error
 // when bin/ cannot be read.
-func binaryMounts(root, tree, treeHost string) ([]*specs.Mount, error) {
+func binaryMounts(fs *hostfs.Root, tree, treeHost string) ([]*specs.Mount, error) {
 	dir := filepath.Join(tree, "bin")
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -320,14 +336,14 @@ func binaryMounts(root, tree, treeHost string) ([]*specs.Mount, error) {
 		if hostOnly[name] || strings.HasPrefix(name, ".") {
 			continue
 		}
-		target, ok := regularTarget(tree, filepath.Join(dir, name))
+		target, ok := regularTarget(fs, tree, filepath.Join(treeHost, "bin", name))
 		if !ok {
 			continue
 		}
 		if fi, err := os.Stat(target); err != nil || fi.Mode()&0o111 == 0 {
 			continue
 		}
-		mounts = append(mounts, bindMount(hostinfo.HostPath(root, target), filepath.Join(ContainerBinDir, name)))
+		mounts = append(mounts, bindMount(fs.Host(target), filepath.Join(ContainerBinDir, name)))
 	}
 	return mounts, nil
 }
@@ -337,11 +353,12 @@ func isLibrary(name string) bool {
 	return strings.HasPrefix(name, "lib") && (strings.HasSuffix(name, ".so") || strings.Contains(name, ".so."))
 }
 
-// regularTarget returns the real path of p when it is, or links to, a
-// regular file inside tree.
-func regularTarget(tree, p string) (string, bool) {
-	real, err := filepath.EvalSymlinks(p)
-	if err != nil || !hostinfo.Within(real, tree) {
+// regularTarget returns the real path of host path p, links followed
+// inside the host tree, when it is, or links to, a regular file inside
+// tree (a real path).
+func regularTarget(fs *hostfs.Root, tree, p string) (string, bool) {
+	real, err := fs.Path(p)
+	if err != nil || !hostfs.Within(real, tree) {
 		return "", false
 	}
 	fi, err := os.Stat(real)
@@ -375,9 +392,9 @@ func bindMount(host, container string) *specs.Mount {
 // /proc/driver/nvidia/gpus maps to those, then "all". It returns an error
 // when <root>/dev cannot be read, and one wrapping ErrNoGPU when no such
 // node exists.
-func gpuDevices(root string) ([]specs.Device, error) {
-	devDir := filepath.Join(root, "dev")
-	entries, err := os.ReadDir(devDir)
+func gpuDevices(host Host) ([]specs.Device, error) {
+	fs := host.FS()
+	entries, err := fs.ReadDir("/dev")
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("list GPU device nodes: %w", err)
 	}
@@ -389,7 +406,7 @@ func gpuDevices(root string) ([]specs.Device, error) {
 		if !ok || err != nil || minor < 0 || strconv.Itoa(minor) != n {
 			continue
 		}
-		node, ok, err := charNode(root, e.Name())
+		node, ok, err := charNode(fs, e.Name())
 		if err != nil {
 			return nil, err
 		}
@@ -399,7 +416,7 @@ func gpuDevices(root string) ([]specs.Device, error) {
 		}
 	}
 	if len(minors) == 0 {
-		return nil, fmt.Errorf("%w /dev/nvidia<N> under %s", ErrNoGPU, devDir)
+		return nil, fmt.Errorf("%w /dev/nvidia<N> under %s", ErrNoGPU, fs.Join("/dev"))
 	}
 	slices.Sort(minors)
 	var devices []specs.Device
@@ -408,7 +425,7 @@ func gpuDevices(root string) ([]specs.Device, error) {
 		devices = append(devices, device(strconv.Itoa(m), nodes[m]))
 		all = append(all, nodes[m])
 	}
-	for _, a := range gpuAliases(root) {
+	for _, a := range gpuAliases(host) {
 		if node, ok := nodes[a.minor]; ok {
 			devices = append(devices, device(a.name, node))
 		}
@@ -431,49 +448,32 @@ type alias struct {
 // readable <root>/proc/driver/nvidia/gpus/<address>/information that
 // gives its Device Minor, sorted by address. Names that are not valid
 // CDI device names are left out.
-func gpuAliases(root string) []alias {
-	dir := filepath.Join(root, "proc", "driver", "nvidia", "gpus")
-	entries, err := os.ReadDir(dir)
+func gpuAliases(host Host) []alias {
+	infos, err := host.NvidiaGPUInfos()
 	if err != nil {
 		return nil
 	}
 	var out []alias
-	for _, e := range entries {
-		data, err := os.ReadFile(filepath.Join(dir, e.Name(), "information"))
-		if err != nil {
-			continue
-		}
-		info := string(data)
-		minor, err := strconv.Atoi(field(info, "Device Minor"))
-		if err != nil {
-			continue
-		}
-		for _, name := range []string{e.Name(), field(info, "GPU UUID")} {
+	for _, g := range infos {
+		for _, name := range []string{g.Address, g.UUID} {
 			if name != "" && parser.ValidateDeviceName(name) == nil && name != AllDevices {
-				out = append(out, alias{name, minor})
+				out = append(out, alias{name, g.Minor})
 			}
 		}
 	}
 	return out
 }
 
-// field returns the trimmed value of the first "<key>: value" line of s.
-func field(s, key string) string {
-	for line := range strings.SplitSeq(s, "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
-}
-
 // charNode returns the device node /dev/<name> with its type and number,
 // when <root>/dev/<name> is a character device; false when it is absent
 // or something else. It returns an error when it cannot be examined.
-func charNode(root, name string) (*specs.DeviceNode, bool, error) {
-	p := filepath.Join(root, "dev", name)
+func charNode(fs *hostfs.Root, name string) (*specs.DeviceNode, bool, error) {
+	p, err := fs.Lpath("/dev/" + name)
+	if err != nil {
+		return nil, false, fmt.Errorf("examine device node: %w", err)
+	}
 	var st unix.Stat_t
-	err := unix.Lstat(p, &st)
+	err = unix.Lstat(p, &st)
 	if errors.Is(err, unix.ENOENT) {
 		return nil, false, nil
 	}

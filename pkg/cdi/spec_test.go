@@ -2,6 +2,7 @@ package cdi
 
 import (
 	"errors"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,6 +82,17 @@ type fixture struct {
 	tree string // real path of the tree
 }
 
+// host opens the fixture's host tree for the test.
+func (fx fixture) host(t *testing.T) *hostinfo.Host {
+	t.Helper()
+	h, err := hostinfo.Open(fx.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
 func newFixture(t *testing.T) fixture {
 	t.Helper()
 	root := t.TempDir()
@@ -158,11 +170,11 @@ func mountMap(s *oci.Spec) map[string]oci.Mount {
 
 func TestGenerateInject(t *testing.T) {
 	fx := newFixture(t)
-	spec, err := Generate(Options{Root: fx.root, Tree: "/opt/nvidia/current"})
+	spec, err := Generate(Options{Host: fx.host(t), Tree: "/opt/nvidia/current"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, changed, err := Write(fx.root, cdiDir, spec)
+	p, changed, err := Write(fx.host(t).FS(), cdiDir, spec)
 	if err != nil || !changed || p != filepath.Join(fx.root, cdiDir, SpecFile) {
 		t.Fatalf("Write = %s, %v, %v", p, changed, err)
 	}
@@ -266,7 +278,7 @@ func TestGenerateInject(t *testing.T) {
 
 func TestSpecVersionIsMinimal(t *testing.T) {
 	fx := newFixture(t)
-	spec, err := Generate(Options{Root: fx.root, Tree: treeHost, HookPath: "/usr/local/bin/nvidia-driverd"})
+	spec, err := Generate(Options{Host: fx.host(t), Tree: treeHost, HookPath: "/usr/local/bin/nvidia-driverd"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,11 +296,11 @@ func TestSpecVersionIsMinimal(t *testing.T) {
 
 func TestWriteIsIdempotentAndRemove(t *testing.T) {
 	fx := newFixture(t)
-	spec, err := Generate(Options{Root: fx.root, Tree: treeHost})
+	spec, err := Generate(Options{Host: fx.host(t), Tree: treeHost})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, changed, err := Write(fx.root, cdiDir, spec)
+	p, changed, err := Write(fx.host(t).FS(), cdiDir, spec)
 	if err != nil || !changed {
 		t.Fatalf("first Write = %v, %v", changed, err)
 	}
@@ -296,11 +308,11 @@ func TestWriteIsIdempotentAndRemove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := Generate(Options{Root: fx.root, Tree: "/opt/nvidia/current"})
+	again, err := Generate(Options{Host: fx.host(t), Tree: "/opt/nvidia/current"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, changed, err = Write(fx.root, cdiDir, again); err != nil || changed {
+	if _, changed, err = Write(fx.host(t).FS(), cdiDir, again); err != nil || changed {
 		t.Fatalf("second Write = %v, %v, want unchanged", changed, err)
 	}
 	second, _ := os.ReadFile(p)
@@ -322,16 +334,16 @@ func TestWriteIsIdempotentAndRemove(t *testing.T) {
 		t.Errorf("ReadSpec = %v, %v", got, err)
 	}
 
-	if rp, removed, err := Remove(fx.root, cdiDir); err != nil || !removed || rp != p {
+	if rp, removed, err := Remove(fx.host(t).FS(), cdiDir); err != nil || !removed || rp != p {
 		t.Fatalf("Remove = %s, %v, %v", rp, removed, err)
 	}
 	if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("spec still there: %v", err)
 	}
-	if _, removed, err := Remove(fx.root, cdiDir); err != nil || removed {
+	if _, removed, err := Remove(fx.host(t).FS(), cdiDir); err != nil || removed {
 		t.Errorf("second Remove = %v, %v", removed, err)
 	}
-	if _, _, err := Write(fx.root, "var/run/cdi", spec); err == nil {
+	if _, _, err := Write(fx.host(t).FS(), "var/run/cdi", spec); err == nil {
 		t.Error("a relative CDI directory was accepted")
 	}
 }
@@ -346,7 +358,9 @@ func TestGenerateErrors(t *testing.T) {
 	}{
 		{name: "no tree", tree: "/opt/nvidia/" + driver + "/9999.0.0", want: "resolve tree /opt/nvidia/" + driver + "/9999.0.0"},
 		{name: "relative tree", tree: "opt/nvidia/current", want: "must be absolute"},
-		{name: "tree outside the root", tree: "/opt/nvidia/escape", want: "is not inside the root",
+		// The link means the host's /usr, which this host tree lacks;
+		// this machine's /usr is never looked at.
+		{name: "a tree linked outside is taken inside the root", tree: "/opt/nvidia/escape", want: "/usr: no such file or directory",
 			setup: func(t *testing.T, fx fixture) { symlink(t, "/usr", filepath.Join(fx.root, "opt/nvidia/escape")) }},
 		{name: "tree is a file", tree: treeHost + "/lib64/libcuda.so." + driver, want: "is not a directory"},
 		{name: "no lib64", tree: treeHost, want: "the tree has no lib64/ directory",
@@ -368,7 +382,7 @@ func TestGenerateErrors(t *testing.T) {
 			if c.setup != nil {
 				c.setup(t, fx)
 			}
-			_, err := Generate(Options{Root: fx.root, Tree: c.tree})
+			_, err := Generate(Options{Host: fx.host(t), Tree: c.tree})
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %v, want one containing %q", err, c.want)
 			}
@@ -378,7 +392,7 @@ func TestGenerateErrors(t *testing.T) {
 		})
 	}
 	fx := newFixture(t)
-	if _, err := Generate(Options{Root: fx.root, Tree: treeHost, HookPath: "bin/nvidia-driverd"}); err == nil || !strings.Contains(err.Error(), "hook path") {
+	if _, err := Generate(Options{Host: fx.host(t), Tree: treeHost, HookPath: "bin/nvidia-driverd"}); err == nil || !strings.Contains(err.Error(), "hook path") {
 		t.Errorf("relative hook path: %v", err)
 	}
 }
@@ -411,17 +425,17 @@ func must(t *testing.T, err error) {
 func TestWriteNeedsNoTempDir(t *testing.T) {
 	fx := newFixture(t)
 	t.Setenv("TMPDIR", filepath.Join(t.TempDir(), "missing"))
-	spec, err := Generate(Options{Root: fx.root, Tree: treeHost})
+	spec, err := Generate(Options{Host: fx.host(t), Tree: treeHost})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, changed, err := Write(fx.root, cdiDir, spec)
+	p, changed, err := Write(fx.host(t).FS(), cdiDir, spec)
 	if err != nil || !changed {
 		t.Fatalf("Write without a temp dir = %v, %v", changed, err)
 	}
 	good, _ := os.ReadFile(p)
 	spec.Kind = "not a kind"
-	if _, _, err := Write(fx.root, cdiDir, spec); err == nil || !strings.Contains(err.Error(), "validate CDI spec") {
+	if _, _, err := Write(fx.host(t).FS(), cdiDir, spec); err == nil || !strings.Contains(err.Error(), "validate CDI spec") {
 		t.Fatalf("an invalid spec gave %v", err)
 	}
 	if now, _ := os.ReadFile(p); string(now) != string(good) {

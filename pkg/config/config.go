@@ -117,6 +117,10 @@ var (
 	moduleNameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,55}$`)
 )
 
+// IsDriverVersion reports whether v has the shape of an NVIDIA driver
+// version: two to four dot-separated numbers, such as 550.54.14.
+func IsDriverVersion(v string) bool { return driverVersionRE.MatchString(v) }
+
 // keys is the single description of every setting.
 var keys = []key{
 	{
@@ -124,7 +128,7 @@ var keys = []key{
 		usage: "NVIDIA driver version to run, e.g. 550.54.14 (default: keep the installed one)",
 		set: func(c *Config, raw []string) error {
 			v := raw[0]
-			if v != "" && !driverVersionRE.MatchString(v) {
+			if v != "" && !IsDriverVersion(v) {
 				return fmt.Errorf("want a version such as 550.54.14, got %q", v)
 			}
 			c.DriverVersion = v

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -24,10 +25,14 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/metrics"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/nextboot"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/updateengine"
 )
 
 // Notifier is the sd_notify side; *systemd.Notifier is the real one.
@@ -41,18 +46,37 @@ type Notifier interface {
 	WatchdogInterval() time.Duration
 }
 
-// Daemon reconciles one host.
-type Daemon struct {
-	Root      string
-	Config    config.Config
-	Log       *zap.Logger
-	Notify    Notifier
-	Activator *engine.Activator
-	// Fetcher builds the fetcher for a locked store; it is called only
-	// when a download is needed.
-	Fetcher func(s *store.Store) (*engine.Fetcher, error)
-	// Target returns the target for the running host and a driver version.
-	Target func(f engine.Facts, driver string) (engine.Target, error)
+// Host is the host a reconcile reads and changes, opened once per
+// assessment; *hostinfo.Host is the real one.
+type Host interface {
+	engine.Host
+	Close() error
+}
+
+// Deps are what a Daemon is made of. Config, Log, Notify, Syscalls,
+// Mounter and Units are required, and Root unless OpenHost is set; the
+// rest may be left out.
+type Deps struct {
+	Root   string // where the host is mounted ("/", or /rootfs in a container)
+	Config config.Config
+	Log    *zap.Logger
+	Notify Notifier
+
+	// The host's seams: module syscalls, mount(2), systemd units.
+	Syscalls kmod.Syscalls
+	Mounter  libs.Mounter
+	Units    engine.UnitControl
+	// Ldconfig and Mountinfo override the ldconfig command line and the
+	// mount table read (tests); empty means the libs defaults.
+	Ldconfig  []string
+	Mountinfo string
+
+	// OpenHost opens the host for one assessment; nil means
+	// hostinfo.Open(Root).
+	OpenHost func() (Host, error)
+	// Source is where images come from; nil means what Config says
+	// (engine.NewSource), built when a fetch needs it.
+	Source source.Source
 	// Progress, when set, also receives download progress (a terminal's
 	// progress line for one-shot commands).
 	Progress func(done, total int64)
@@ -60,11 +84,8 @@ type Daemon struct {
 	// With Config.Prefetch, Run follows one of these after READY=1:
 	// UpdateEngine on Flatcar and CoreOS, Kernels on other hosts when the
 	// tag template names the kernel release.
-	UpdateEngine func(ctx context.Context) <-chan updateengine.Status
+	UpdateEngine func(ctx context.Context) <-chan nextboot.Status
 	Kernels      func(ctx context.Context) <-chan string
-	// PrefetchTarget returns the target for a staged update; prefetching
-	// is off without it.
-	PrefetchTarget func(f engine.Facts, driver string, u StagedUpdate) (engine.Target, error)
 	// PrefetchRetry is the wait before retry n (1, 2, ...) of a failed
 	// prefetch; nil means RetryDelay.
 	PrefetchRetry func(n int) time.Duration
@@ -73,10 +94,48 @@ type Daemon struct {
 	OnPrefetch func(store.Prefetch)
 	// Metrics receives readiness, durations and failures; nil is fine.
 	Metrics *metrics.Metrics
+}
+
+// Daemon reconciles one host. Its Deps are not to be changed once New
+// has checked them.
+type Daemon struct {
+	Deps
+	activator *engine.Activator
 
 	mu           sync.Mutex // guards the two below
 	outcome      string     // STATUS= of the last reconcile
 	prefetchNote string     // STATUS= of the prefetch, appended
+}
+
+// New checks deps and builds the daemon, with its activator. It returns
+// an error naming the first missing dependency.
+func New(deps Deps) (*Daemon, error) {
+	missing := ""
+	switch {
+	case deps.Log == nil:
+		missing = "Log"
+	case deps.Notify == nil:
+		missing = "Notify"
+	case deps.Syscalls == nil:
+		missing = "Syscalls"
+	case deps.Mounter == nil:
+		missing = "Mounter"
+	case deps.Units == nil:
+		missing = "Units"
+	case deps.OpenHost == nil && !filepath.IsAbs(deps.Root):
+		return nil, fmt.Errorf("new daemon: Root %q is not an absolute path", deps.Root)
+	}
+	if missing != "" {
+		return nil, fmt.Errorf("new daemon: no %s", missing)
+	}
+	if deps.OpenHost == nil {
+		root := deps.Root
+		deps.OpenHost = func() (Host, error) { return hostinfo.Open(root) }
+	}
+	d := &Daemon{Deps: deps}
+	d.activator = &engine.Activator{Config: deps.Config, Syscalls: deps.Syscalls, Mounter: deps.Mounter,
+		Units: deps.Units, Ldconfig: deps.Ldconfig, Mountinfo: deps.Mountinfo}
+	return d, nil
 }
 
 // Outcome is the result of one reconcile.
@@ -103,19 +162,13 @@ func (o Outcome) Status() string {
 	return s
 }
 
-// activeOutcome is the Outcome of an activated tree; facts may predate its
-// install.
-func (d *Daemon) activeOutcome(f engine.Facts, tree, driver string) Outcome {
-	o := Outcome{Tree: tree, Driver: driver, Kernel: f.Kernel.Release, OSVersion: f.OS.OSVersion()}
-	t := f.Store.Tree(tree)
-	if t == nil {
-		read := store.ReadTree(d.Root, tree, driver, "")
-		t = &read
+// activeOutcome is the Outcome of tree, activated; digest is its image's
+// digest when a fetch just made it, "" to take it from the facts.
+func activeOutcome(f engine.Facts, tree, driver, digest string) Outcome {
+	if t := f.Store.Tree(tree); digest == "" && t != nil && t.Meta != nil {
+		digest = t.Meta.Digest
 	}
-	if t.Meta != nil {
-		o.Digest = t.Meta.Digest
-	}
-	return o
+	return Outcome{Tree: tree, Driver: driver, Kernel: f.Kernel.Release, OSVersion: f.OS.OSVersion(), Digest: digest}
 }
 
 // report hands a reconcile's result to the metrics.
@@ -219,8 +272,14 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 // not ready only when the wanted driver is in fact no longer loaded.
 func (d *Daemon) recheckFailed(err error) {
 	d.Log.Error("re-check failed", zap.Error(err))
-	if _, plan, perr := d.plan(); perr != nil || plan.Action != engine.ActionNone {
-		d.Metrics.NotReady() // what `status --ready` would say too
+	perr := d.Look(func(a engine.Assessment) error {
+		if a.Decision.Action != engine.ActionNone {
+			d.Metrics.NotReady() // what `status --ready` would say too
+		}
+		return nil
+	})
+	if perr != nil {
+		d.Metrics.NotReady()
 	}
 	d.Metrics.Reconciled()
 	d.notify(d.Notify.Ready("re-check failed, previous state kept: " + err.Error()))
@@ -237,45 +296,76 @@ func (d *Daemon) notify(err error) {
 // fail; with keep-previous it falls back to the previous tree when that
 // matches the kernel, and otherwise returns a degraded Outcome.
 func (d *Daemon) Reconcile(ctx context.Context) (Outcome, error) {
-	s, err := store.Open(d.Root, d.Config.Store)
-	if err != nil {
-		return Outcome{}, err
-	}
 	d.notify(d.Notify.Status("waiting for the store lock"))
-	unlock, err := d.lockAndClean(ctx, s)
-	if unlock != nil {
-		defer unlock()
-	}
-	if err != nil {
-		return Outcome{}, err
-	}
-	return d.Converge(ctx, s)
+	var out Outcome
+	err := d.Locked(ctx, true, func(ctx context.Context, s *store.Store, h Host) error {
+		var err error
+		out, err = d.Converge(ctx, s, h)
+		return err
+	})
+	return out, err
 }
 
-// lockAndClean waits for the store's lock and removes what interrupted
-// installs left. unlock is nil when the lock was not taken; otherwise the
-// caller must call it, error or not.
-func (d *Daemon) lockAndClean(ctx context.Context, s *store.Store) (unlock func(), err error) {
-	lock, err := s.Lock(ctx, true)
+// Look opens the host, assesses it once and hands the assessment to fn,
+// as `status` and `plan` do; the host is closed after.
+func (d *Daemon) Look(fn func(engine.Assessment) error) error {
+	h, err := d.OpenHost()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	unlock = func() {
+	defer h.Close()
+	a, err := engine.Assess(h, d.Config)
+	if err != nil {
+		return err
+	}
+	return fn(a)
+}
+
+// Locked opens the host and the store, takes the store's lock (waiting
+// for it with wait, else failing with an error wrapping store.ErrLocked
+// that names the holder), removes what interrupted installs left, and
+// runs fn. The lock is released and the host closed after fn.
+func (d *Daemon) Locked(ctx context.Context, wait bool, fn func(ctx context.Context, s *store.Store, h Host) error) error {
+	h, err := d.OpenHost()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	s, err := store.Open(h.FS(), d.Config.Store)
+	if err != nil {
+		return err
+	}
+	if wait {
+		d.Log.Debug("waiting for the store lock", zap.String("store", s.Dir()))
+	}
+	lock, err := s.Lock(ctx, wait)
+	if err != nil {
+		return err
+	}
+	defer func() {
 		if err := lock.Unlock(); err != nil {
 			d.Log.Warn("unlock store", zap.Error(err))
 		}
-	}
+	}()
 	removed, err := s.Clean()
 	for _, p := range removed {
 		d.Log.Info("removed leftover of an interrupted install", zap.String("path", p))
 	}
-	return unlock, err
+	if err != nil {
+		return err
+	}
+	return fn(ctx, s, h)
 }
 
-// Converge is Reconcile for a caller that already holds the store's lock
-// and has cleaned it (the install command).
-func (d *Daemon) Converge(ctx context.Context, s *store.Store) (Outcome, error) {
-	out, err := d.reconcile(ctx, s)
+// Converge is Reconcile inside Locked: it assesses the host once, carries
+// the decision out and applies the failure policy.
+func (d *Daemon) Converge(ctx context.Context, s *store.Store, h Host) (Outcome, error) {
+	a, err := engine.Assess(h, d.Config)
+	if err != nil {
+		d.Metrics.Failure(metrics.StepGather)
+		return Outcome{}, err
+	}
+	out, err := d.reconcile(ctx, s, a)
 	if err == nil {
 		return out, nil
 	}
@@ -283,45 +373,30 @@ func (d *Daemon) Converge(ctx context.Context, s *store.Store) (Outcome, error) 
 	if d.Config.FailurePolicy != "keep-previous" || errors.Is(err, context.Canceled) {
 		return Outcome{}, err
 	}
-	return d.keepPrevious(ctx, s, err)
+	return d.keepPrevious(ctx, s, a, err)
 }
 
-// plan reads the host and the store's state and decides, as `status` does.
-func (d *Daemon) plan() (engine.Facts, engine.Decision, error) {
-	facts, err := engine.Gather(d.Root, d.Config)
-	if err != nil {
-		return facts, engine.Decision{}, err
-	}
-	st, err := store.ReadState(d.Root, d.Config.Store)
-	if err != nil {
-		return facts, engine.Decision{}, err
-	}
-	return facts, engine.Plan(facts, d.Config, engine.State{BadDigests: st.Reasons()}), nil
-}
-
-// reconcile plans and carries the plan out. A freshly switched tree that
-// fails to activate is marked bad and current goes back to where it was.
-func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error) {
-	facts, plan, err := d.plan()
-	if err != nil {
-		d.Metrics.Failure(metrics.StepGather)
-		return Outcome{}, err
-	}
+// reconcile carries out a's decision. A freshly switched tree that fails
+// to activate is marked bad and current goes back to where it was.
+func (d *Daemon) reconcile(ctx context.Context, s *store.Store, a engine.Assessment) (Outcome, error) {
+	plan, facts := a.Decision, a.Facts
 	log := d.Log.With(zap.String("kernel", facts.Kernel.Release), zap.String("driver", plan.Driver))
 	log.Info("planned", zap.String("action", string(plan.Action)), zap.String("reason", plan.Reason))
 	d.notify(d.Notify.Status(fmt.Sprintf("%s: %s", plan.Action, plan.Reason)))
 
-	tree := plan.Tree
+	tree, digest := plan.Tree, ""
 	installStart := time.Now()
 	switch plan.Action {
 	case engine.ActionRefuse:
 		d.Metrics.Failure(metrics.StepPlan)
 		return Outcome{}, errors.New(plan.Reason)
 	case engine.ActionInstall:
-		if tree, err = d.fetch(ctx, s, facts, plan.Driver); err != nil {
+		got, err := d.Fetch(ctx, s, a, *plan.Target, true)
+		if err != nil {
 			d.Metrics.Failure(metrics.StepFetch)
 			return Outcome{}, err
 		}
+		tree, digest = got.Tree, got.Digest
 	}
 	before := facts.Store.Current
 	if tree != "" && tree != before {
@@ -343,12 +418,9 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 		// ours to activate.
 		return Outcome{Driver: plan.Driver, Tree: "(loaded outside the store)"}, nil
 	}
+	out := activeOutcome(facts, tree, plan.Driver, digest)
 
-	d.notify(d.Notify.Status("activating " + tree))
-	d.Activator.Observe = d.observer(log, tree)
-	activateStart := time.Now()
-	act, err := d.Activator.Activate(ctx, facts, tree)
-	if err != nil {
+	if _, err := d.Activate(ctx, a, tree); err != nil {
 		if errors.Is(err, engine.ErrRebootNeeded) {
 			return Outcome{}, err // the old driver is untouched and in use
 		}
@@ -356,14 +428,30 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 		// overlays or drop-in it put up. A driver that was already
 		// running from this tree (a re-check) stays: it worked before.
 		if plan.Action != engine.ActionNone {
-			if _, derr := d.Activator.Deactivate(ctx); derr != nil {
+			if _, derr := d.activator.Deactivate(ctx, a.Host); derr != nil {
 				log.Error("undo failed activation", zap.String("tree", tree), zap.Error(derr))
 			}
 		}
 		if tree != before {
-			d.rollback(s, tree, before, err)
+			d.rollback(s, tree, out.Digest, before, err)
 		}
 		return Outcome{}, err
+	}
+	return out, nil
+}
+
+// Activate makes tree, installed in the store a was made of, the running
+// driver, with every step logged as started, finished or failed and named
+// in STATUS=, and the result logged once. It does not log a failure: the
+// caller decides what it means.
+func (d *Daemon) Activate(ctx context.Context, a engine.Assessment, tree string) (engine.Activation, error) {
+	log := d.Log.With(zap.String("kernel", a.Facts.Kernel.Release), zap.String("tree", tree))
+	d.notify(d.Notify.Status("activating " + tree))
+	d.activator.Observe = d.observer(log, tree)
+	start := time.Now()
+	act, err := d.activator.Activate(ctx, a.Host, a.Facts, tree)
+	if err != nil {
+		return act, err
 	}
 	var loaded []string
 	for _, m := range act.Modules {
@@ -371,18 +459,23 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store) (Outcome, error)
 			loaded = append(loaded, m.Name)
 		}
 	}
-	d.Metrics.ObserveActivation(time.Since(activateStart))
-	log.Info("driver activated", systemd.MessageID(systemd.MessageDriverActivated), zap.String("tree", tree),
+	d.Metrics.ObserveActivation(time.Since(start))
+	log.Info("driver activated", systemd.MessageID(systemd.MessageDriverActivated),
 		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted),
 		zap.String("cdi", act.CDI), zap.NamedError("cdi_error", act.CDIErr))
-	return d.activeOutcome(facts, tree, plan.Driver), nil
+	return act, nil
+}
+
+// Deactivate undoes Activate on host h (see engine.Activator.Deactivate).
+func (d *Daemon) Deactivate(ctx context.Context, h Host) (engine.Activation, error) {
+	return d.activator.Deactivate(ctx, h)
 }
 
 // observer logs each activation step of tree as started, finished or
 // failed, and names it in STATUS=.
 func (d *Daemon) observer(log *zap.Logger, tree string) func(string, bool, error) {
 	return func(step string, done bool, err error) {
-		l := log.With(zap.String("tree", tree), zap.String("step", step))
+		l := log.With(zap.String("step", step))
 		switch {
 		case !done:
 			l.Info("step started")
@@ -396,50 +489,55 @@ func (d *Daemon) observer(log *zap.Logger, tree string) func(string, bool, error
 	}
 }
 
-// fetch downloads the image for the running host, with progress in
-// STATUS= and the start timeout extended while bytes arrive.
-func (d *Daemon) fetch(ctx context.Context, s *store.Store, facts engine.Facts, driver string) (string, error) {
-	t, err := d.Target(facts, driver)
-	if err != nil {
-		return "", err
-	}
-	f, err := d.Fetcher(s)
-	if err != nil {
-		return "", err
-	}
-	var mu sync.Mutex // Progress is called from every layer's goroutine
-	var last time.Time
-	f.Progress = func(done, total int64) {
-		if d.Progress != nil {
-			d.Progress(done, total)
+// Fetch downloads and installs the tree for t into s, never touching
+// current, refusing images a's state remembers as failed. With progress,
+// download progress goes to STATUS= and the start timeout is extended
+// while bytes arrive (the daemon's own install; not a prefetch, which runs
+// after READY=1).
+func (d *Daemon) Fetch(ctx context.Context, s *store.Store, a engine.Assessment, t engine.Target, progress bool) (engine.Fetched, error) {
+	src := d.Source
+	if src == nil {
+		var err error
+		if src, err = engine.NewSource(a.Host.FS(), d.Config); err != nil {
+			return engine.Fetched{}, err
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		if time.Since(last) < time.Second && done < total {
-			return
-		}
-		last = time.Now()
-		d.notify(d.Notify.Status(systemd.Progress("pulling", done, total)))
-		d.notify(d.Notify.ExtendTimeout(2 * time.Minute))
 	}
+	f := engine.NewFetcher(src, s, d.Config, a.State)
+	if progress {
+		var mu sync.Mutex // Progress is called from every layer's goroutine
+		var last time.Time
+		f.Progress = func(done, total int64) {
+			if d.Progress != nil {
+				d.Progress(done, total)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if time.Since(last) < time.Second && done < total {
+				return
+			}
+			last = time.Now()
+			d.notify(d.Notify.Status(systemd.Progress("pulling", done, total)))
+			d.notify(d.Notify.ExtendTimeout(2 * time.Minute))
+		}
+	}
+	log := d.Log.With(zap.String("driver", t.Driver), zap.String("tag", t.Tag), zap.String("kernel", t.Kernel.Release))
+	log.Debug("fetch started")
+	start := time.Now()
 	got, err := f.Fetch(ctx, t)
 	if err != nil {
-		d.Log.Error("fetch failed", systemd.MessageID(systemd.MessageFetchFailed), zap.String("tag", t.Tag), zap.Error(err))
-		return "", err
+		log.Error("fetch failed", systemd.MessageID(systemd.MessageFetchFailed), zap.Error(err))
+		return got, err
 	}
-	d.Log.Info("fetched", zap.String("image", got.Image), zap.String("tree", got.Tree), zap.Bool("reused", got.Reused), zap.Int64("bytes", got.Bytes))
-	return got.Tree, nil
+	log.Info("fetched", zap.String("image", got.Image), zap.String("tree", got.Tree), zap.Bool("reused", got.Reused),
+		zap.Int64("bytes", got.Bytes), zap.Duration("took", time.Since(start)))
+	return got, nil
 }
 
-// rollback remembers that tree's image failed and points current back at
-// the tree before it, so the next start does not retry it in a loop.
-func (d *Daemon) rollback(s *store.Store, tree, before string, cause error) {
-	inv, err := store.Scan(d.Root, d.Config.Store)
-	if err == nil {
-		if t := inv.Tree(tree); t != nil && t.Meta != nil {
-			err = s.MarkBad(t.Meta.Digest, cause.Error())
-		}
-	}
+// rollback remembers that tree's image (digest) failed and points current
+// back at the tree before it, so the next start does not retry it in a
+// loop.
+func (d *Daemon) rollback(s *store.Store, tree, digest, before string, cause error) {
+	err := s.MarkBad(digest, cause.Error())
 	if err == nil && before != "" {
 		_, err = s.Switch(before)
 	}
@@ -450,27 +548,33 @@ func (d *Daemon) rollback(s *store.Store, tree, before string, cause error) {
 	d.Log.Warn("rolled back after failed activation", zap.String("failed", tree), zap.String("current", before))
 }
 
-// keepPrevious applies the keep-previous policy: activate the previous
-// tree if it matches the kernel, else report degraded and stay up.
-func (d *Daemon) keepPrevious(ctx context.Context, s *store.Store, cause error) (Outcome, error) {
-	facts, err := engine.Gather(d.Root, d.Config)
-	if err != nil {
+// keepPrevious applies the keep-previous policy: activate the tree that
+// was current, or else the previous one, if it matches the kernel; else
+// report degraded and stay up. The loaded modules are read again: the
+// failed activation may have changed them.
+func (d *Daemon) keepPrevious(ctx context.Context, s *store.Store, a engine.Assessment, cause error) (Outcome, error) {
+	f := a.Facts
+	var err error
+	if f.Loaded, err = a.Host.LoadedModules(d.Config.Modules); err != nil {
 		return Outcome{Degraded: cause.Error()}, nil
 	}
-	for _, p := range []string{facts.Store.Current, facts.Store.Previous} {
-		t := facts.Store.Tree(p)
-		if t == nil || !engine.Judge(*t, facts.Kernel, d.Config.Modules).Matches {
+	if f.NvidiaVersion, err = a.Host.NvidiaProcVersion(); err != nil {
+		return Outcome{Degraded: cause.Error()}, nil
+	}
+	a.Facts = f
+	for _, p := range []string{f.Store.Current, f.Store.Previous} {
+		t := f.Store.Tree(p)
+		if t == nil || !engine.Judge(*t, f.Kernel, d.Config.Modules).Matches {
 			continue
 		}
-		if p != facts.Store.Current {
+		if p != f.Store.Current {
 			if _, err := s.Switch(p); err != nil {
 				break
 			}
 		}
-		d.Activator.Observe = d.observer(d.Log, p)
-		if _, err := d.Activator.Activate(ctx, facts, p); err == nil {
+		if _, err := d.Activate(ctx, a, p); err == nil {
 			d.Log.Warn("kept the previous driver", zap.String("tree", p), zap.NamedError("cause", cause))
-			out := d.activeOutcome(facts, p, t.Driver)
+			out := activeOutcome(f, p, t.Driver, "")
 			out.Kept = cause.Error()
 			return out, nil
 		}

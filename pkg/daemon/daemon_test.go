@@ -19,13 +19,14 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod/kmodtest"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/metrics"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/publish"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/unpack"
 	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 )
 
@@ -38,69 +39,6 @@ const (
 	imgTag  = osVer + "-" + driver
 	newTree = "/opt/nvidia/" + driver + "/" + osVer
 )
-
-// fakeKernel loads modules by creating their /sys/module entries, as the
-// kernel would, and fails those listed in fail.
-type fakeKernel struct {
-	root string
-	mu   sync.Mutex
-	load []string
-	fail map[string]syscall.Errno
-}
-
-func (k *fakeKernel) FinitModule(f *os.File, params string, flags int) error {
-	name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(f.Name()), ".ko"), "-", "_")
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if errno, ok := k.fail[name]; ok {
-		return errno
-	}
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	info, err := modinfo.Parse(f, st.Size())
-	if err != nil {
-		return err
-	}
-	k.load = append(k.load, name)
-	dir := filepath.Join(k.root, "sys/module", name)
-	for attr, v := range map[string]string{"initstate": "live", "version": driver, "refcnt": "0"} {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(dir, attr), []byte(v+"\n"), 0o644); err != nil {
-			return err
-		}
-	}
-	// As the kernel does: each dependency lists this module as a holder.
-	for _, dep := range info.Depends {
-		holders := filepath.Join(k.root, "sys/module", strings.ReplaceAll(dep, "-", "_"), "holders")
-		if err := os.MkdirAll(holders, 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(holders, name), nil, 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (k *fakeKernel) DeleteModule(name string, flags int) error {
-	entries, _ := filepath.Glob(filepath.Join(k.root, "sys/module/*/holders", name))
-	for _, e := range entries {
-		if err := os.Remove(e); err != nil {
-			return err
-		}
-	}
-	return os.RemoveAll(filepath.Join(k.root, "sys/module", name))
-}
-
-func (k *fakeKernel) loaded() []string {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return append([]string(nil), k.load...)
-}
 
 type fakeUnits struct {
 	mu      sync.Mutex
@@ -166,7 +104,7 @@ func (n *notifySocket) until(t *testing.T, want string) []string {
 
 type rig struct {
 	root   string
-	kernel *fakeKernel
+	kernel *kmodtest.Syscalls
 	units  *fakeUnits
 	d      *Daemon
 }
@@ -199,23 +137,16 @@ func newRigOn(t *testing.T, host string, cfg func(*config.Config)) *rig {
 	if cfg != nil {
 		cfg(&c)
 	}
-	r := &rig{root: root, kernel: &fakeKernel{root: root}, units: &fakeUnits{}}
-	r.d = &Daemon{
+	r := &rig{root: root, kernel: &kmodtest.Syscalls{Root: root}, units: &fakeUnits{}}
+	d, err := New(Deps{
 		Root: root, Config: c, Log: zap.NewNop(),
-		Notify:    systemd.NewNotifier(false),
-		Activator: &engine.Activator{Root: root, Config: c, Kernel: r.kernel, Mounter: noMounts{}, Units: r.units},
-		Fetcher: func(s *store.Store) (*engine.Fetcher, error) {
-			st, err := store.ReadState(root, c.Store)
-			if err != nil {
-				return nil, err
-			}
-			return &engine.Fetcher{Source: source.NewLayout(filepath.Join(root, layout), source.Options{Platform: amd64}),
-				Store: s, Modules: c.Modules, BadDigests: st.Reasons(), Limits: unpack.Limits{}}, nil
-		},
-		Target: func(f engine.Facts, drv string) (engine.Target, error) {
-			return engine.Target{Driver: drv, OSID: "flatcar", OSVersion: osVer, TreeName: osVer, Tag: osVer + "-" + drv, Kernel: f.Kernel}, nil
-		},
+		Notify:   systemd.NewNotifier(false),
+		Syscalls: r.kernel, Mounter: noMounts{}, Units: r.units,
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	r.d = d
 	return r
 }
 
@@ -302,7 +233,7 @@ func TestRun(t *testing.T) {
 		if all := strings.Join(statuses, "|"); !strings.Contains(all, "STATUS=install:") || !strings.Contains(all, "STATUS=pulling") || !strings.Contains(all, "EXTEND_TIMEOUT_USEC=") || !strings.Contains(all, "STATUS=activating") {
 			t.Errorf("statuses %q", statuses)
 		}
-		if got := strings.Join(r.kernel.loaded(), " "); got != "nvidia nvidia_modeset nvidia_drm nvidia_uvm" && got != "nvidia nvidia_modeset nvidia_uvm nvidia_drm" && got != "nvidia nvidia_uvm nvidia_modeset nvidia_drm" {
+		if got := strings.Join(r.kernel.Loaded(), " "); got != "nvidia nvidia_modeset nvidia_drm nvidia_uvm" && got != "nvidia nvidia_modeset nvidia_uvm nvidia_drm" && got != "nvidia nvidia_uvm nvidia_modeset nvidia_drm" {
 			t.Errorf("load order %q", got)
 		}
 		if r.current(t) != newTree {
@@ -356,7 +287,7 @@ func TestRun(t *testing.T) {
 		r := newRig(t, nil)
 		r.publish(t, driver, kernel)
 		// nvidia and nvidia_modeset load, then nvidia_drm fails.
-		r.kernel.fail = map[string]syscall.Errno{"nvidia_drm": syscall.ENODEV}
+		r.kernel.Errs = map[string]error{"nvidia_drm": syscall.ENODEV}
 		before := r.current(t)
 		_, err := r.d.Reconcile(context.Background())
 		if err == nil || !strings.Contains(err.Error(), "load module nvidia_drm") {
@@ -373,11 +304,11 @@ func TestRun(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(r.root, "etc/ld.so.conf.d/nvidia-driverd.conf")); !os.IsNotExist(err) {
 			t.Errorf("the failed tree's drop-in is still there: %v", err)
 		}
-		st, err := store.ReadState(r.root, "/opt/nvidia")
+		st, err := store.ReadState(hostTree(t, r.root), "/opt/nvidia")
 		if err != nil || len(st.BadDigests) != 1 {
 			t.Fatalf("state %+v, %v", st, err)
 		}
-		r.kernel.fail = nil
+		r.kernel.Errs = nil
 		_, err = r.d.Reconcile(context.Background())
 		if err == nil || !strings.Contains(err.Error(), "failed before") {
 			t.Fatalf("second Reconcile = %v", err)
@@ -391,12 +322,12 @@ func TestRun(t *testing.T) {
 		// its image is missing.
 		r.publish(t, "535.161.07", kernel)
 		r.d.Config.DriverVersion = "535.161.07"
-		r.d.Activator.Config.DriverVersion = "535.161.07"
+		r.d.activator.Config.DriverVersion = "535.161.07"
 		if _, err := r.d.Reconcile(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		r.d.Config.DriverVersion = driver
-		r.d.Activator.Config.DriverVersion = driver
+		r.d.activator.Config.DriverVersion = driver
 		out, err := r.d.Reconcile(context.Background())
 		if err != nil || out.Tree != "/opt/nvidia/535.161.07/"+osVer || out.Degraded != "" {
 			t.Fatalf("%+v, %v", out, err)
@@ -418,7 +349,7 @@ func TestRun(t *testing.T) {
 		stop, reload := r.run(t)
 		n.until(t, "READY=1")
 		// Another holder (a prefetch, a one-shot install) has the store.
-		s, err := store.Open(r.root, "/opt/nvidia")
+		s, err := store.Open(hostTree(t, r.root), "/opt/nvidia")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -524,7 +455,7 @@ func TestReplaceLoadedDriver(t *testing.T) {
 		if out.Tree != newTree {
 			t.Fatalf("%+v", out)
 		}
-		if got := r.kernel.loaded(); len(got) != 4 || got[0] != "nvidia" {
+		if got := r.kernel.Loaded(); len(got) != 4 || got[0] != "nvidia" {
 			t.Fatalf("loaded %q", got)
 		}
 		if b, _ := os.ReadFile(filepath.Join(r.root, "sys/module/nvidia/version")); strings.TrimSpace(string(b)) != driver {
@@ -542,8 +473,8 @@ func TestReplaceLoadedDriver(t *testing.T) {
 		if !errors.Is(err, engine.ErrRebootNeeded) {
 			t.Fatalf("Reconcile = %v", err)
 		}
-		if len(r.kernel.loaded()) != 0 {
-			t.Fatalf("loaded %q", r.kernel.loaded())
+		if len(r.kernel.Loaded()) != 0 {
+			t.Fatalf("loaded %q", r.kernel.Loaded())
 		}
 		if b, _ := os.ReadFile(filepath.Join(r.root, "sys/module/nvidia/version")); strings.TrimSpace(string(b)) != "535.161.07" {
 			t.Fatalf("nvidia version now %q", b)
@@ -553,7 +484,7 @@ func TestReplaceLoadedDriver(t *testing.T) {
 		if r.current(t) == before {
 			t.Fatal("current not switched for the next boot")
 		}
-		if st, _ := store.ReadState(r.root, "/opt/nvidia"); len(st.BadDigests) != 0 {
+		if st, _ := store.ReadState(hostTree(t, r.root), "/opt/nvidia"); len(st.BadDigests) != 0 {
 			t.Fatalf("state %+v", st)
 		}
 	})
@@ -567,7 +498,7 @@ func TestDeactivate(t *testing.T) {
 		if _, err := r.d.Reconcile(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		act, err := r.d.Activator.Deactivate(context.Background())
+		act, err := r.d.Deactivate(context.Background(), openHost(t, r.root))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -585,3 +516,17 @@ func TestDeactivate(t *testing.T) {
 		}
 	})
 }
+
+// openHost opens the host tree at root for the test.
+func openHost(t *testing.T, root string) *hostinfo.Host {
+	t.Helper()
+	h, err := hostinfo.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// hostTree is openHost's host tree.
+func hostTree(t *testing.T, root string) *hostfs.Root { return openHost(t, root).FS() }

@@ -95,7 +95,7 @@ func TestMetrics(t *testing.T) {
 		r := newRig(t, nil)
 		r.d.Metrics = metrics.New()
 		r.publish(t, driver, kernel)
-		r.kernel.fail = map[string]syscall.Errno{"nvidia_drm": syscall.ENODEV}
+		r.kernel.Errs = map[string]error{"nvidia_drm": syscall.ENODEV}
 		_, err := r.d.Reconcile(context.Background())
 		r.d.report(Outcome{}, err)
 		if err == nil {

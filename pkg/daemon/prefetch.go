@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -12,20 +11,10 @@ import (
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/metrics"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/nextboot"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/updateengine"
 )
-
-// StagedUpdate is what the next boot runs, as far as the driver cares.
-type StagedUpdate struct {
-	// OSVersion is the OS version the next boot runs; "" for the running
-	// one.
-	OSVersion string
-	// KernelRelease is the kernel the next boot runs; "" when the image's
-	// label names it (a Flatcar update pins its kernel).
-	KernelRelease string
-}
 
 // Retry bounds of RetryDelay.
 const (
@@ -86,17 +75,17 @@ func (d *Daemon) statusLocked() string {
 // kernel release. A failed prefetch is retried after retryDelay; a newer
 // staged update replaces a pending retry.
 func (d *Daemon) prefetcher(ctx context.Context) {
-	if d.PrefetchTarget == nil {
-		d.Log.Warn("prefetch: no target builder; not following updates")
-		return
-	}
-	running, err := engine.Gather(d.Root, d.Config)
+	var running engine.Facts
+	err := d.Look(func(a engine.Assessment) error {
+		running = a.Facts
+		return nil
+	})
 	if err != nil {
 		d.Log.Error("prefetch: cannot read the host; not following updates", zap.Error(err))
 		return
 	}
 	var (
-		statuses <-chan updateengine.Status
+		statuses <-chan nextboot.Status
 		kernels  <-chan string
 	)
 	switch running.OS.Family() {
@@ -122,15 +111,15 @@ func (d *Daemon) prefetcher(ctx context.Context) {
 	}
 
 	var (
-		pending  *StagedUpdate // to fetch, until it succeeds
-		done     *StagedUpdate // fetched
+		pending  *engine.Boot // to fetch, until it succeeds
+		done     *engine.Boot // fetched
 		attempts int
 	)
 	retry := time.NewTimer(time.Hour) // armed only while a retry waits
 	retry.Stop()
 	defer retry.Stop()
 	for {
-		var u StagedUpdate
+		var u engine.Boot
 		select {
 		case <-ctx.Done():
 			return
@@ -142,7 +131,7 @@ func (d *Daemon) prefetcher(ctx context.Context) {
 			if v == "" || v == running.OS.OSVersion() {
 				continue
 			}
-			u = StagedUpdate{OSVersion: v}
+			u = engine.Boot{OSVersion: v}
 		case rel, ok := <-kernels:
 			if !ok {
 				return
@@ -150,10 +139,10 @@ func (d *Daemon) prefetcher(ctx context.Context) {
 			if rel == running.Kernel.Release {
 				continue
 			}
-			u = StagedUpdate{KernelRelease: rel}
+			u = engine.Boot{KernelRelease: rel}
 		case <-retry.C:
 		}
-		if u != (StagedUpdate{}) {
+		if u != (engine.Boot{}) {
 			repeated := (pending != nil && *pending == u) || (done != nil && *done == u)
 			d.Log.Debug("staged update", zap.String("os_version", u.OSVersion), zap.String("kernel", u.KernelRelease),
 				zap.Bool("repeated", repeated))
@@ -182,80 +171,71 @@ func (d *Daemon) prefetcher(ctx context.Context) {
 // prefetch fetches the tree for u with the store locked, never switching
 // `current`, and records how it went in the state file. On failure the
 // record names the next try, retryIn from now.
-func (d *Daemon) prefetch(ctx context.Context, running engine.Facts, u StagedUpdate, attempt int, retryIn time.Duration) error {
+func (d *Daemon) prefetch(ctx context.Context, running engine.Facts, u engine.Boot, attempt int, retryIn time.Duration) error {
 	rec := store.Prefetch{OSVersion: u.OSVersion, KernelRelease: u.KernelRelease, Attempts: attempt}
-	s, err := store.Open(d.Root, d.Config.Store)
-	if err != nil {
-		return d.prefetchFailed(ctx, running, nil, rec, err, retryIn)
-	}
 	d.Log.Debug("prefetch: waiting for the store lock")
-	unlock, err := d.lockAndClean(ctx, s)
-	if unlock == nil {
+	locked := false
+	err := d.Locked(ctx, true, func(ctx context.Context, s *store.Store, h Host) error {
+		locked = true
+		err := d.prefetchLocked(ctx, s, h, running, u, &rec)
+		if err != nil {
+			return d.prefetchFailed(ctx, running, s, rec, err, retryIn)
+		}
+		return nil
+	})
+	if err != nil && !locked {
 		return d.prefetchFailed(ctx, running, nil, rec, err, retryIn) // no lock: no state write
 	}
-	defer unlock()
-	if err != nil {
-		return d.prefetchFailed(ctx, running, s, rec, err, retryIn)
-	}
+	return err
+}
 
-	facts, err := engine.Gather(d.Root, d.Config)
+// prefetchLocked is prefetch with the store locked: it assesses the host,
+// resolves the target for u and fetches it, keeping rec up to date.
+func (d *Daemon) prefetchLocked(ctx context.Context, s *store.Store, h Host, running engine.Facts, u engine.Boot, rec *store.Prefetch) error {
+	a, err := engine.Assess(h, d.Config)
 	if err != nil {
-		return d.prefetchFailed(ctx, running, s, rec, err, retryIn)
+		return err
 	}
-	rec.Driver = d.Config.DriverVersion
-	if rec.Driver == "" {
-		if t := facts.Store.Tree(facts.Store.Current); t != nil {
-			rec.Driver = t.Driver
-		}
+	if rec.Driver, err = a.Facts.WantedDriver(d.Config); err != nil {
+		return err
 	}
-	if rec.Driver == "" {
-		return d.prefetchFailed(ctx, running, s, rec, errors.New("driver-version is not set and no driver is installed"), retryIn)
-	}
-	t, err := d.PrefetchTarget(facts, rec.Driver, u)
+	t, err := a.NextBoot(d.Config, rec.Driver, u)
 	if err != nil {
-		return d.prefetchFailed(ctx, running, s, rec, fmt.Errorf("prefetch target: %w", err), retryIn)
+		return fmt.Errorf("prefetch target: %w", err)
 	}
 	rec.OSVersion, rec.KernelRelease, rec.Tag = t.OSVersion, t.Kernel.Release, t.Tag
 	log := d.Log.With(zap.String("driver", rec.Driver), zap.String("os_version", rec.OSVersion),
 		zap.String("kernel", rec.KernelRelease), zap.String("tag", rec.Tag))
 
-	st, err := store.ReadState(d.Root, d.Config.Store)
-	if err != nil {
-		return d.prefetchFailed(ctx, running, s, rec, err, retryIn)
-	}
-	if p := st.Prefetch; p != nil && p.State == store.PrefetchReady && p.Driver == rec.Driver && p.Tag == rec.Tag &&
+	if p := a.State.Prefetch; p != nil && p.State == store.PrefetchReady && p.Driver == rec.Driver && p.Tag == rec.Tag &&
 		p.OSVersion == rec.OSVersion && (rec.KernelRelease == "" || p.KernelRelease == rec.KernelRelease) &&
-		facts.Store.Tree(p.Tree) != nil {
+		a.Facts.Store.Tree(p.Tree) != nil {
 		log.Info("already prefetched", zap.String("tree", p.Tree))
 		d.prefetchState(*p, running)
 		return nil
 	}
 
 	rec.State, rec.At = store.PrefetchFetching, time.Now().UTC()
-	if err := s.SetPrefetch(rec); err != nil {
-		return d.prefetchFailed(ctx, running, s, rec, err, retryIn)
+	if err := s.SetPrefetch(*rec); err != nil {
+		return err
 	}
-	d.prefetchState(rec, running)
-	log.Info("prefetch started", zap.Int("attempt", attempt))
+	d.prefetchState(*rec, running)
+	log.Info("prefetch started", zap.Int("attempt", rec.Attempts))
 	start := time.Now()
-	f, err := d.Fetcher(s)
-	if err != nil {
-		return d.prefetchFailed(ctx, running, s, rec, err, retryIn)
-	}
-	got, err := f.Fetch(ctx, t)
+	got, err := d.Fetch(ctx, s, a, t, false)
 	rec.Digest = got.Digest
 	if err != nil {
-		return d.prefetchFailed(ctx, running, s, rec, err, retryIn)
+		return err
 	}
 	rec.Tree, rec.KernelRelease = got.Tree, got.KernelRelease // the image's label may have named it
 	rec.State, rec.At = store.PrefetchReady, time.Now().UTC()
-	if err := s.SetPrefetch(rec); err != nil {
-		return d.prefetchFailed(ctx, running, s, rec, err, retryIn)
+	if err := s.SetPrefetch(*rec); err != nil {
+		return err
 	}
 	log.Info("prefetched", zap.String("kernel", rec.KernelRelease), zap.String("tree", got.Tree),
 		zap.String("image", got.Image), zap.String("digest", got.Digest), zap.Bool("reused", got.Reused),
 		zap.Int64("bytes", got.Bytes), zap.Duration("took", time.Since(start)))
-	d.prefetchState(rec, running)
+	d.prefetchState(*rec, running)
 	return nil
 }
 

@@ -21,12 +21,11 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/nextboot"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/publish"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/unpack"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/updateengine"
 	"github.com/nvidia-driverd/nvidia-driverd/test/dbustest"
 	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 	"github.com/nvidia-driverd/nvidia-driverd/test/kofixture"
@@ -104,27 +103,6 @@ func (r *testRegistry) publish(t *testing.T, tag, osv, k string) {
 	}
 }
 
-// targetFor builds the target for the running host, or for u, from the
-// configured tag template, as the command's target does.
-func targetFor(cfg config.Config, f engine.Facts, drv string, u StagedUpdate) (engine.Target, error) {
-	t := engine.Target{Driver: drv, OSID: f.OS.ID, OSVersion: f.OS.OSVersion(), Kernel: f.Kernel}
-	if u.OSVersion != "" {
-		t.OSVersion, t.Kernel = u.OSVersion, engine.Kernel{} // the image's label names the kernel
-	}
-	if u.KernelRelease != "" {
-		t.Kernel = engine.Kernel{Release: u.KernelRelease}
-	}
-	vf := f
-	vf.OS.VersionID, vf.Kernel.Release = t.OSVersion, t.Kernel.Release
-	t.TreeName = engine.TreeName(vf)
-	tmpl, err := cfg.Template()
-	if err != nil {
-		return t, err
-	}
-	t.Tag, err = tmpl.Render(engine.TagVars(vf, drv))
-	return t, err
-}
-
 type prefetchRig struct {
 	*rig
 	reg    *testRegistry
@@ -147,27 +125,16 @@ func newPrefetchRig(t *testing.T, host string, cfg func(*config.Config)) *prefet
 	})
 	core, logs := observer.New(zap.DebugLevel)
 	p := &prefetchRig{rig: r, reg: reg, logs: logs, states: make(chan store.Prefetch, 64)}
-	c := r.d.Config
 	r.d.Log = zap.New(core)
-	r.d.Fetcher = func(s *store.Store) (*engine.Fetcher, error) {
-		st, err := store.ReadState(r.root, c.Store)
-		if err != nil {
-			return nil, err
-		}
-		return &engine.Fetcher{Source: reg.source(t), Store: s, Modules: c.Modules, BadDigests: st.Reasons(), Limits: unpack.Limits{}}, nil
-	}
-	r.d.Target = func(f engine.Facts, drv string) (engine.Target, error) { return targetFor(c, f, drv, StagedUpdate{}) }
-	r.d.PrefetchTarget = func(f engine.Facts, drv string, u StagedUpdate) (engine.Target, error) {
-		return targetFor(c, f, drv, u)
-	}
+	r.d.Source = reg.source(t)
 	r.d.OnPrefetch = func(st store.Prefetch) { p.states <- st }
 	return p
 }
 
 // followBus makes the daemon follow update_engine on b.
 func (p *prefetchRig) followBus(b *dbustest.Bus) {
-	p.d.UpdateEngine = func(ctx context.Context) <-chan updateengine.Status {
-		w := &updateengine.Watcher{Connect: b.Connect, Log: p.d.Log, MinDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond}
+	p.d.UpdateEngine = func(ctx context.Context) <-chan nextboot.Status {
+		w := &nextboot.Watcher{Connect: b.Connect, Log: p.d.Log, MinDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond}
 		return w.Watch(ctx)
 	}
 }
@@ -193,7 +160,7 @@ func (p *prefetchRig) waitState(t *testing.T, what string, ok func(store.Prefetc
 
 func (p *prefetchRig) state(t *testing.T) store.State {
 	t.Helper()
-	st, err := store.ReadState(p.root, "/opt/nvidia")
+	st, err := store.ReadState(hostTree(t, p.root), "/opt/nvidia")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +224,7 @@ func TestPrefetchSwitch(t *testing.T) {
 			p := newPrefetchRig(t, "flatcar-updated", func(c *config.Config) { c.Prefetch = on })
 			p.reg.publish(t, imgTag, osVer, kernel)
 			var followed atomic.Bool
-			p.d.UpdateEngine = func(context.Context) <-chan updateengine.Status {
+			p.d.UpdateEngine = func(context.Context) <-chan nextboot.Status {
 				followed.Store(true)
 				return nil
 			}
@@ -276,8 +243,8 @@ func TestPrefetchSwitch(t *testing.T) {
 }
 
 func TestPrefetch(t *testing.T) {
-	needReboot := func(v string) updateengine.Status {
-		return updateengine.Status{LastCheckedTime: time.Now().Unix(), Progress: 1, Operation: updateengine.StatusUpdatedNeedReboot, NewVersion: v, NewSize: 300 << 20}
+	needReboot := func(v string) nextboot.Status {
+		return nextboot.Status{LastCheckedTime: time.Now().Unix(), Progress: 1, Operation: nextboot.StatusUpdatedNeedReboot, NewVersion: v, NewSize: 300 << 20}
 	}
 
 	t.Run("a staged update is prefetched without touching current, and after the reboot run switches to it offline", func(t *testing.T) {
@@ -286,16 +253,16 @@ func TestPrefetch(t *testing.T) {
 		p.reg.publish(t, imgTag, osVer, kernel)
 		p.reg.publish(t, stagedTag, stagedOS, stagedKernel)
 		b := dbustest.New(t)
-		f := dbustest.NewUpdateEngine(t, b, updateengine.Status{Operation: updateengine.StatusIdle})
+		f := dbustest.NewUpdateEngine(t, b, nextboot.Status{Operation: nextboot.StatusIdle})
 		p.followBus(b)
 		stop, _ := p.run(t)
 		n.until(t, "READY=1")
 		if p.current(t) != newTree {
 			t.Fatalf("current %s", p.current(t))
 		}
-		loadedBefore := len(p.kernel.loaded())
+		loadedBefore := len(p.kernel.Loaded())
 
-		f.Emit(t, updateengine.Status{Operation: updateengine.StatusDownloading, Progress: 0.5, NewVersion: stagedOS})
+		f.Emit(t, nextboot.Status{Operation: nextboot.StatusDownloading, Progress: 0.5, NewVersion: stagedOS})
 		f.Emit(t, needReboot(stagedOS))
 		st := p.waitState(t, "ready", func(s store.Prefetch) bool { return s.State == store.PrefetchReady })
 		if st.Tree != stagedTree || st.OSVersion != stagedOS || st.KernelRelease != stagedKernel || st.Tag != stagedTag ||
@@ -312,10 +279,10 @@ func TestPrefetch(t *testing.T) {
 		if p.current(t) != newTree {
 			t.Fatalf("prefetch moved current to %s", p.current(t))
 		}
-		if got := len(p.kernel.loaded()); got != loadedBefore {
-			t.Fatalf("prefetch loaded modules: %q", p.kernel.loaded())
+		if got := len(p.kernel.Loaded()); got != loadedBefore {
+			t.Fatalf("prefetch loaded modules: %q", p.kernel.Loaded())
 		}
-		inv, err := store.Scan(p.root, "/opt/nvidia")
+		inv, err := store.Scan(hostTree(t, p.root), "/opt/nvidia")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -362,7 +329,7 @@ func TestPrefetch(t *testing.T) {
 		if planned != 1 {
 			t.Errorf("planned switch logged %d times", planned)
 		}
-		if got := p.kernel.loaded(); len(got) != loadedBefore+4 {
+		if got := p.kernel.Loaded(); len(got) != loadedBefore+4 {
 			t.Errorf("loaded after the reboot: %q", got)
 		}
 		if b, err := os.ReadFile(filepath.Join(p.root, "sys/module/nvidia/version")); err != nil || strings.TrimSpace(string(b)) != driver {
@@ -438,7 +405,7 @@ func TestPrefetch(t *testing.T) {
 		p.reg.publish(t, imgTag, osVer, kernel)
 		p.d.PrefetchRetry = func(int) time.Duration { return time.Hour } // no retry within the test
 		b := dbustest.New(t)
-		f := dbustest.NewUpdateEngine(t, b, updateengine.Status{Operation: updateengine.StatusIdle})
+		f := dbustest.NewUpdateEngine(t, b, nextboot.Status{Operation: nextboot.StatusIdle})
 		p.followBus(b)
 		stop, _ := p.run(t)
 		defer func() {
@@ -509,7 +476,7 @@ func TestPrefetch(t *testing.T) {
 		publishFor(installed)
 		since := time.Now().Add(-time.Second)
 		p.d.Kernels = func(ctx context.Context) <-chan string {
-			return (&updateengine.KernelWatcher{Root: p.root, Since: since, Rescan: time.Hour}).Watch(ctx)
+			return (&nextboot.KernelWatcher{Root: p.root, Since: since, Rescan: time.Hour}).Watch(ctx)
 		}
 		stop, _ := p.run(t)
 		defer func() {
@@ -539,7 +506,7 @@ func TestPrefetch(t *testing.T) {
 		if p.current(t) != runningTree {
 			t.Fatalf("current %s", p.current(t))
 		}
-		inv, err := store.Scan(p.root, "/opt/nvidia")
+		inv, err := store.Scan(hostTree(t, p.root), "/opt/nvidia")
 		if err != nil {
 			t.Fatal(err)
 		}

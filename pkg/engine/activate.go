@@ -20,15 +20,14 @@ type UnitControl interface {
 	Stop(ctx context.Context, unit string) error
 }
 
-// Activator turns an installed tree into a working driver on the host,
+// Activator turns an installed tree into a working driver on a host,
 // through seams that tests replace: the module syscalls, mount(2), and
 // systemd.
 type Activator struct {
-	Root    string
-	Config  config.Config
-	Kernel  kmod.Kernel
-	Mounter libs.Mounter
-	Units   UnitControl
+	Config   config.Config
+	Syscalls kmod.Syscalls
+	Mounter  libs.Mounter
+	Units    UnitControl
 	// Ldconfig overrides the ldconfig command line (tests use a private
 	// cache); nil means the libs default.
 	Ldconfig []string
@@ -97,13 +96,13 @@ func LibraryMode(setting string, f Facts) libs.Mode {
 // tree is written to cdi-dir when that is set (removed when the host has
 // no GPU node); persistenced is started. Each step is idempotent, so
 // activating an active tree changes nothing. The error names the step.
-func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activation, error) {
+func (a *Activator) Activate(ctx context.Context, h Host, f Facts, tree string) (Activation, error) {
 	var out Activation
 	cfg := a.Config
 	loaded, driver := f.LoadedVersion(), filepath.Base(filepath.Dir(tree))
 	if loaded != "" && loaded != driver {
 		var err error
-		out.Unloaded, err = a.unload(ctx, fmt.Sprintf("replace nvidia %s with %s", loaded, driver))
+		out.Unloaded, err = a.unload(ctx, h, fmt.Sprintf("replace nvidia %s with %s", loaded, driver))
 		if err != nil {
 			return out, err
 		}
@@ -112,23 +111,23 @@ func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activat
 	err := a.step("libraries", func() error {
 		var err error
 		out.Libs, err = libs.Activate(a.Mounter, libs.Config{
-			Root: a.Root, Store: cfg.Store, Tree: tree, Mode: LibraryMode(cfg.LibraryMode, f),
+			FS: h.FS(), Store: cfg.Store, Tree: tree, Mode: LibraryMode(cfg.LibraryMode, f),
 			Mountinfo: a.Mountinfo, Ldconfig: a.Ldconfig,
 		})
-		if err != nil {
-			return fmt.Errorf("activate libraries of %s: %w", tree, err)
-		}
-		return nil
+		return err // libs names the tree
 	})
 	if err != nil {
 		return out, err
 	}
 
-	fsTree := filepath.Join(a.Root, tree)
+	fsTree, err := h.FS().Path(tree)
+	if err != nil {
+		return out, err
+	}
 	err = a.step("modules", func() error {
 		var err error
-		out.Modules, err = kmod.Load(a.Kernel, kmod.Request{
-			Root: a.Root, Release: f.Kernel.Release, Flags: f.Kernel.Flags,
+		out.Modules, err = kmod.Load(a.Syscalls, kmod.Request{
+			Host: h, Release: f.Kernel.Release, Flags: f.Kernel.Flags,
 			TreeModules: filepath.Join(fsTree, "lib/modules", f.Kernel.Release),
 			Modprobe:    filepath.Join(fsTree, "etc/modprobe.d"),
 			Modules:     cfg.Modules, Params: cfg.ModuleParams,
@@ -148,10 +147,8 @@ func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activat
 			gpus[i] = g.Address
 		}
 		var err error
-		if out.Devices, err = kmod.Devices(a.Root, gpus); err != nil {
-			return fmt.Errorf("create device nodes: %w", err)
-		}
-		return nil
+		out.Devices, err = kmod.Devices(h, gpus)
+		return err // kmod says "create device node"
 	})
 	if err != nil {
 		return out, err
@@ -160,7 +157,7 @@ func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activat
 		// The spec serves containers; the driver is usable without it, so
 		// a failure here is reported (Observe, CDIErr) but does not undo
 		// the activation.
-		out.CDIErr = a.step("cdi", func() error { return a.writeCDI(tree, &out) })
+		out.CDIErr = a.step("cdi", func() error { return a.writeCDI(h, tree, &out) })
 	}
 	if cfg.Persistenced != "" && a.Units != nil {
 		err = a.step("persistenced", func() error {
@@ -177,14 +174,14 @@ func (a *Activator) Activate(ctx context.Context, f Facts, tree string) (Activat
 // driver's modules in reverse dependency order. what names the purpose in
 // errors; a GPU still in use gives an error wrapping ErrRebootNeeded, with
 // nothing unloaded.
-func (a *Activator) unload(ctx context.Context, what string) ([]string, error) {
+func (a *Activator) unload(ctx context.Context, h Host, what string) ([]string, error) {
 	var unloaded []string
 	err := a.step("unload", func() error {
 		if err := a.stopPersistenced(ctx); err != nil {
 			return err
 		}
 		var err error
-		unloaded, err = kmod.Unload(a.Kernel, a.Root, a.Config.Modules)
+		unloaded, err = kmod.Unload(a.Syscalls, h, a.Config.Modules)
 		if errors.Is(err, kmod.ErrBusy) {
 			return fmt.Errorf("%s: %w: %w", what, ErrRebootNeeded, err)
 		}
@@ -213,23 +210,23 @@ func (a *Activator) stopPersistenced(ctx context.Context) error {
 // detached or the ld.so.conf.d drop-in removed, with ldconfig rerun.
 // Device nodes are left: without the module they lead nowhere, and the
 // next activation reuses them.
-func (a *Activator) Deactivate(ctx context.Context) (Activation, error) {
+func (a *Activator) Deactivate(ctx context.Context, h Host) (Activation, error) {
 	var out Activation
 	cfg := a.Config
 	var err error
-	out.Unloaded, err = a.unload(ctx, "unload the driver")
+	out.Unloaded, err = a.unload(ctx, h, "unload the driver")
 	if err != nil {
 		return out, err
 	}
 	if cfg.CDIDir != "" {
-		if err = a.step("cdi", func() error { return a.removeCDI(&out) }); err != nil {
+		if err = a.step("cdi", func() error { return a.removeCDI(h, &out) }); err != nil {
 			return out, err
 		}
 	}
 	err = a.step("libraries", func() error {
 		var err error
 		out.Libs, err = libs.Deactivate(a.Mounter, libs.Config{
-			Root: a.Root, Store: cfg.Store, Mountinfo: a.Mountinfo, Ldconfig: a.Ldconfig,
+			FS: h.FS(), Store: cfg.Store, Mountinfo: a.Mountinfo, Ldconfig: a.Ldconfig,
 		})
 		return err
 	})
@@ -238,15 +235,15 @@ func (a *Activator) Deactivate(ctx context.Context) (Activation, error) {
 
 // writeCDI is the "cdi" step of Activate: it writes the CDI spec for tree,
 // or removes a stale one when the host has no GPU node to offer.
-func (a *Activator) writeCDI(tree string, out *Activation) error {
-	spec, err := cdi.Generate(cdi.Options{Root: a.Root, Tree: tree})
+func (a *Activator) writeCDI(h Host, tree string, out *Activation) error {
+	spec, err := cdi.Generate(cdi.Options{Host: h, Tree: tree})
 	if errors.Is(err, cdi.ErrNoGPU) {
-		return a.removeCDI(out)
+		return a.removeCDI(h, out)
 	}
 	if err != nil {
 		return err
 	}
-	p, changed, err := cdi.Write(a.Root, a.Config.CDIDir, spec)
+	p, changed, err := cdi.Write(h.FS(), a.Config.CDIDir, spec)
 	if changed {
 		out.CDI = p
 	}
@@ -254,8 +251,8 @@ func (a *Activator) writeCDI(tree string, out *Activation) error {
 }
 
 // removeCDI removes the CDI spec from cdi-dir.
-func (a *Activator) removeCDI(out *Activation) error {
-	p, removed, err := cdi.Remove(a.Root, a.Config.CDIDir)
+func (a *Activator) removeCDI(h Host, out *Activation) error {
+	p, removed, err := cdi.Remove(h.FS(), a.Config.CDIDir)
 	if removed {
 		out.CDI = p
 	}

@@ -3,11 +3,12 @@ package engine
 import (
 	"context"
 	"errors"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod/kmodtest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	oci "github.com/opencontainers/runtime-spec/specs-go"
@@ -23,35 +24,6 @@ const (
 	cdiKernel = "6.1.77-flatcar"
 	cdiFlags  = "SMP preempt mod_unload"
 )
-
-// sysKernel loads a module by making its live /sys/module entry, and
-// unloads it by removing that.
-type sysKernel struct {
-	root string
-	mu   sync.Mutex
-}
-
-func (k *sysKernel) FinitModule(f *os.File, _ string, _ int) error {
-	name := strings.ReplaceAll(strings.TrimSuffix(filepath.Base(f.Name()), ".ko"), "-", "_")
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	dir := filepath.Join(k.root, "sys/module", name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	for attr, v := range map[string]string{"initstate": "live", "version": cdiDriver, "refcnt": "0"} {
-		if err := os.WriteFile(filepath.Join(dir, attr), []byte(v+"\n"), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (k *sysKernel) DeleteModule(name string, _ int) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return os.RemoveAll(filepath.Join(k.root, "sys/module", name))
-}
 
 // cdiNoMounts fails any mount: ldconfig mode must not mount.
 type cdiNoMounts struct{}
@@ -94,7 +66,7 @@ func cdiHost(t *testing.T, cdiDir string, trees ...string) (string, *Activator, 
 	cfg.CDIDir = cdiDir
 	var steps []string
 	a := &Activator{
-		Root: root, Config: cfg, Kernel: &sysKernel{root: root}, Mounter: cdiNoMounts{},
+		Config: cfg, Syscalls: &kmodtest.Syscalls{Root: root}, Mounter: cdiNoMounts{},
 		Mountinfo: filepath.Join(root, "mountinfo"),
 		Observe: func(step string, done bool, err error) {
 			if done {
@@ -109,14 +81,15 @@ func cdiHost(t *testing.T, cdiDir string, trees ...string) (string, *Activator, 
 // device nodes cannot be made.
 func cdiActivate(t *testing.T, root string, a *Activator, tree string) Activation {
 	t.Helper()
-	f, err := Gather(root, a.Config)
+	h := openHost(t, root)
+	f, err := Gather(h, a.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(f.GPUs) == 0 {
 		t.Fatal("the fixture has no GPU")
 	}
-	act, err := a.Activate(context.Background(), f, tree)
+	act, err := a.Activate(context.Background(), h, f, tree)
 	if err != nil && strings.Contains(err.Error(), "operation not permitted") {
 		t.Skipf("needs CAP_MKNOD: %v", err)
 	}
@@ -216,7 +189,7 @@ func TestActivateWritesCDISpec(t *testing.T) {
 	}
 
 	*steps = nil
-	act, err = a.Deactivate(context.Background())
+	act, err = a.Deactivate(context.Background(), openHost(t, root))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +203,7 @@ func TestActivateWritesCDISpec(t *testing.T) {
 		t.Errorf("the spec is still there: %v", err)
 	}
 	// Deactivating again finds nothing to remove.
-	if act, err = a.Deactivate(context.Background()); err != nil || act.CDI != "" {
+	if act, err = a.Deactivate(context.Background(), openHost(t, root)); err != nil || act.CDI != "" {
 		t.Errorf("second Deactivate: %q, %v", act.CDI, err)
 	}
 }
@@ -244,7 +217,7 @@ func TestActivateWithoutCDIDir(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, config.Default().CDIDir)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a CDI directory was made: %v", err)
 	}
-	if _, err := a.Deactivate(context.Background()); err != nil {
+	if _, err := a.Deactivate(context.Background(), openHost(t, root)); err != nil {
 		t.Fatal(err)
 	}
 	if slices.Contains(*steps, "cdi") {
@@ -258,11 +231,12 @@ func TestActivateCDIStepFails(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(root, "var/run/cdi", cdi.SpecFile), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	f, err := Gather(root, a.Config)
+	h := openHost(t, root)
+	f, err := Gather(h, a.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := a.Activate(context.Background(), f, "/opt/nvidia/"+cdiDriver+"/3815.2.0")
+	out, err := a.Activate(context.Background(), h, f, "/opt/nvidia/"+cdiDriver+"/3815.2.0")
 	if err != nil && strings.Contains(err.Error(), "operation not permitted") {
 		t.Skipf("needs CAP_MKNOD: %v", err)
 	}
@@ -277,4 +251,15 @@ func TestActivateCDIStepFails(t *testing.T) {
 	if !slices.Contains(*steps, "cdi") || (*steps)[len(*steps)-1] == "cdi" && a.Config.Persistenced != "" {
 		t.Errorf("steps %v, want cdi and the steps after it", *steps)
 	}
+}
+
+// openHost opens the host tree at root for the test.
+func openHost(t *testing.T, root string) *hostinfo.Host {
+	t.Helper()
+	h, err := hostinfo.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
 }

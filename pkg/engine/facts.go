@@ -8,8 +8,10 @@ package engine
 import (
 	"fmt"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/cdi"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 )
@@ -53,41 +55,68 @@ func (f Facts) LoadedVersion() string {
 	return f.NvidiaVersion
 }
 
-// Gather reads the facts of the host mounted at root. It returns an error
-// when the host cannot be described at all (no os-release, no kernel
-// release) or a host file exists but cannot be read; an absent optional
-// fact (no GPU, no module loaded, no store yet) is not an error.
-func Gather(root string, cfg config.Config) (Facts, error) {
+// Host is what an assessment reads of the host, and what activation
+// hands on to kmod and cdi; *hostinfo.Host is the real one. Open one per
+// assessment: its methods read the host afresh each time.
+type Host interface {
+	kmod.Host
+	cdi.Host
+	OSRelease() (hostinfo.OSRelease, error)
+	KernelRelease() (string, error)
+	KernelFlags(release string) (flags []string, from string, ok bool)
+	NvidiaGPUs() ([]hostinfo.GPU, error)
+	LoadedModules(names []string) (map[string]hostinfo.Module, error)
+	NvidiaProcVersion() (string, error)
+}
+
+var _ Host = (*hostinfo.Host)(nil)
+
+// Gather reads the facts of host h. It returns an error when the host
+// cannot be described at all (no os-release, no kernel release) or a host
+// file exists but cannot be read; an absent optional fact (no GPU, no
+// module loaded, no store yet) is not an error.
+func Gather(h Host, cfg config.Config) (Facts, error) {
 	var f Facts
 	var err error
-	if f.OS, err = hostinfo.ReadOSRelease(root); err != nil {
+	if f.OS, err = h.OSRelease(); err != nil {
 		return f, err
 	}
-	if f.Kernel.Release, err = hostinfo.KernelRelease(root); err != nil {
+	if f.Kernel, err = runningKernel(h); err != nil {
 		return f, err
 	}
-	if path, fsPath, ok := hostinfo.InTreeModule(root, f.Kernel.Release); ok {
-		// A module the running kernel shipped shows its vermagic flags. One
-		// that cannot be read leaves the flags unknown; the release still
-		// protects the host.
-		if info, err := modinfo.Read(fsPath); err == nil {
-			if vm, err := modinfo.ParseVermagic(info.Vermagic); err == nil && vm.Release == f.Kernel.Release {
-				f.Kernel.Flags = append([]string{}, vm.Flags...)
-				f.Kernel.FlagsFrom = path
-			}
-		}
-	}
-	if f.GPUs, err = hostinfo.NvidiaGPUs(root); err != nil {
+	if f.GPUs, err = h.NvidiaGPUs(); err != nil {
 		return f, err
 	}
-	if f.Loaded, err = hostinfo.LoadedModules(root, cfg.Modules); err != nil {
+	if f.Loaded, err = h.LoadedModules(cfg.Modules); err != nil {
 		return f, err
 	}
-	if f.NvidiaVersion, err = hostinfo.NvidiaProcVersion(root); err != nil {
+	if f.NvidiaVersion, err = h.NvidiaProcVersion(); err != nil {
 		return f, err
 	}
-	if f.Store, err = store.Scan(root, cfg.Store); err != nil {
+	if f.Store, err = store.Scan(h.FS(), cfg.Store); err != nil {
 		return f, fmt.Errorf("store %s: %w", cfg.Store, err)
 	}
 	return f, nil
+}
+
+// runningKernel reads the running kernel's release and, from one of its
+// own modules, its vermagic flags.
+func runningKernel(h Host) (Kernel, error) {
+	release, err := h.KernelRelease()
+	if err != nil {
+		return Kernel{}, err
+	}
+	return kernelOf(h, release), nil
+}
+
+// kernelOf describes kernel release, which may not be running: its flags
+// are known when the host has its modules (the running kernel, or one
+// installed for the next boot). Unknown flags leave only the release to
+// compare, which still protects the host.
+func kernelOf(h Host, release string) Kernel {
+	k := Kernel{Release: release}
+	if flags, from, ok := h.KernelFlags(release); ok {
+		k.Flags, k.FlagsFrom = flags, from
+	}
+	return k
 }

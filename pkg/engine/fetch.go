@@ -182,7 +182,7 @@ func (f *Fetcher) unpack(ctx context.Context, img *source.Image, st *store.Stagi
 	progress.Lock()
 	defer progress.Unlock()
 	if err != nil {
-		return done, fmt.Errorf("unpack %s: %w", img.Ref, err)
+		return done, fmt.Errorf("%s: %w", img.Ref, err)
 	}
 	return done, nil
 }
@@ -205,7 +205,10 @@ func (f *Fetcher) layer(ctx context.Context, img *source.Image, i int, tree *unp
 	granted, err := windows.acquire(ctx, dr.Window())
 	if err == nil {
 		defer windows.release(granted)
-		err = tree.Apply(ctx, i, dr, mode)
+		if err = tree.Apply(ctx, i, dr, mode); err != nil {
+			dr.Close()
+			return fmt.Errorf("%s: %w", l.Digest, err) // err says "unpack layer <i>: ..."
+		}
 	}
 	if err == nil {
 		// Read to the very end: the digest is checked at EOF of the

@@ -24,13 +24,6 @@ const (
 	ActionRefuse  Action = "refuse"  // nothing safe can be done; Reason says why
 )
 
-// State is what the daemon remembers between runs.
-type State struct {
-	// BadDigests are image digests that failed to activate, with why. A
-	// tree with such a digest is never chosen again.
-	BadDigests map[string]string
-}
-
 // Decision is the outcome of Plan.
 type Decision struct {
 	Action Action `json:"action"`
@@ -42,58 +35,47 @@ type Decision struct {
 	Tree string `json:"tree,omitempty"`
 	// Image is the reference an install fetches.
 	Image string `json:"image,omitempty"`
+	// Target is what an install fetches, fully resolved; nil for the
+	// other actions.
+	Target *Target `json:"-"`
 	// Cleanup lists leftovers of interrupted installs to remove first.
 	Cleanup []string `json:"cleanup,omitempty"`
 }
 
-// TreeName is the directory an image for this host is installed under,
-// inside <store>/<driver>/. On Flatcar and CoreOS the OS version pins the
-// kernel, so it is the OS version, as the original installer laid it out;
-// on generic hosts the kernel changes under one OS version, so it is the
-// kernel release.
-func TreeName(f Facts) string {
-	switch f.OS.Family() {
+// treeName is the directory an image for a host of os booting osVersion
+// and kernel is installed under, inside <store>/<driver>/. On Flatcar and
+// CoreOS the OS version pins the kernel, so it is the OS version, as the
+// original installer laid it out; on generic hosts the kernel changes
+// under one OS version, so it is the kernel release.
+func treeName(os hostinfo.OSRelease, osVersion, kernel string) string {
+	switch os.Family() {
 	case hostinfo.FamilyFlatcar, hostinfo.FamilyCoreOS:
-		return f.OS.OSVersion()
+		return osVersion
 	default:
-		return f.Kernel.Release
-	}
-}
-
-// TagVars are the tag template's values for this host and driver.
-func TagVars(f Facts, driver string) source.Vars {
-	return source.Vars{
-		OSID:          f.OS.ID,
-		OSVersion:     f.OS.OSVersion(),
-		BuildID:       f.OS.BuildID,
-		DriverVersion: driver,
-		KernelRelease: f.Kernel.Release,
+		return kernel
 	}
 }
 
 // Plan decides what to do. It is pure: everything it looks at is in its
-// arguments, and it changes nothing.
-func Plan(f Facts, cfg config.Config, st State) Decision {
+// arguments (st being the store's remembered state), and it changes
+// nothing.
+func Plan(f Facts, cfg config.Config, st store.State) Decision {
 	d := plan(f, cfg, st)
 	d.Cleanup = append([]string(nil), f.Store.Staging...)
 	return d
 }
 
-func plan(f Facts, cfg config.Config, st State) Decision {
+func plan(f Facts, cfg config.Config, st store.State) Decision {
 	if cfg.RequireGPU && len(f.GPUs) == 0 {
 		return refuse("no NVIDIA GPU on the PCI bus (vendor 0x10de, display class); set require-gpu: false to install anyway")
 	}
-
-	current := f.Store.Tree(f.Store.Current)
-	driver := cfg.DriverVersion
-	if driver == "" {
-		if current == nil {
-			return refuse("driver-version is not set and no driver is installed")
-		}
-		driver = current.Driver
+	driver, err := f.WantedDriver(cfg)
+	if err != nil {
+		return refuse(err.Error())
 	}
-
-	usable := func(t *store.Tree) (bool, string) { return usableTree(t, f, cfg, st, driver) }
+	current := f.Store.Tree(f.Store.Current)
+	bad := st.Reasons()
+	usable := func(t *store.Tree) (bool, string) { return usableTree(t, f, cfg, bad, driver) }
 	currentOK, currentWhy := usable(current)
 	loaded := f.LoadedVersion()
 
@@ -122,7 +104,7 @@ func plan(f Facts, cfg config.Config, st State) Decision {
 			candidates = append(candidates, &f.Store.Trees[i])
 		}
 	}
-	name := TreeName(f)
+	name := treeName(f.OS, f.OS.OSVersion(), f.Kernel.Release)
 	sort.SliceStable(candidates, func(i, j int) bool {
 		return candidates[i].OSVersion == name && candidates[j].OSVersion != name
 	})
@@ -131,21 +113,17 @@ func plan(f Facts, cfg config.Config, st State) Decision {
 			Reason: fmt.Sprintf("%s; %s matches kernel %s", currentWhy, candidates[0].Path, f.Kernel.Release)}
 	}
 
-	tmpl, err := cfg.Template()
+	t, err := resolveTarget(f, cfg, driver, Boot{}, f.Kernel)
 	if err != nil {
 		return refuse(err.Error())
 	}
-	tag, err := tmpl.Render(TagVars(f, driver))
-	if err != nil {
-		return refuse(err.Error())
-	}
-	ref, err := imageRef(cfg, tag)
+	ref, err := imageRef(cfg, t.Tag)
 	if err != nil {
 		return Decision{Action: ActionRefuse, Driver: driver,
-			Reason: fmt.Sprintf("%s; nothing installed matches kernel %s and %v to fetch tag %s from", currentWhy, f.Kernel.Release, err, tag)}
+			Reason: fmt.Sprintf("%s; nothing installed matches kernel %s and %v to fetch tag %s from", currentWhy, f.Kernel.Release, err, t.Tag)}
 	}
-	return Decision{Action: ActionInstall, Driver: driver, Image: ref,
-		Tree:   path.Join(f.Store.Dir, driver, name),
+	return Decision{Action: ActionInstall, Driver: driver, Image: ref, Target: &t,
+		Tree:   path.Join(f.Store.Dir, driver, t.TreeName),
 		Reason: fmt.Sprintf("%s; no installed tree of driver %s matches kernel %s", currentWhy, driver, f.Kernel.Release)}
 }
 
@@ -164,7 +142,7 @@ func imageRef(cfg config.Config, tag string) (string, error) {
 
 // usableTree reports whether t can be loaded for the wanted driver, and if
 // not, a reason that names the tree.
-func usableTree(t *store.Tree, f Facts, cfg config.Config, st State, driver string) (bool, string) {
+func usableTree(t *store.Tree, f Facts, cfg config.Config, bad map[string]string, driver string) (bool, string) {
 	if t == nil {
 		return false, "nothing is current"
 	}
@@ -172,7 +150,7 @@ func usableTree(t *store.Tree, f Facts, cfg config.Config, st State, driver stri
 		return false, fmt.Sprintf("%s is driver %s, not %s", t.Path, t.Driver, driver)
 	}
 	if t.Meta != nil {
-		if why, bad := st.BadDigests[t.Meta.Digest]; bad {
+		if why, failed := bad[t.Meta.Digest]; failed {
 			return false, fmt.Sprintf("%s (%s) failed before: %s", t.Path, t.Meta.Digest, why)
 		}
 	}

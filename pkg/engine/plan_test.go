@@ -3,6 +3,7 @@ package engine
 import (
 	"crypto/sha256"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -85,7 +86,7 @@ func TestPlan(t *testing.T) {
 		name   string
 		facts  Facts
 		cfg    config.Config
-		state  State
+		state  store.State
 		action Action
 		tree   string
 		image  string
@@ -133,7 +134,7 @@ func TestPlan(t *testing.T) {
 			action: ActionInstall, image: "oci-layout:/media/usb:3815.2.0-550.54.14"},
 		{name: "a tree that failed before is not chosen again",
 			facts: withTrees(host(), oldOS.Path, oldOS, matching), cfg: cfg(),
-			state:  State{BadDigests: map[string]string{matching.Meta.Digest: "nvidia: init failed"}},
+			state:  store.State{BadDigests: map[string]store.BadDigest{matching.Meta.Digest: {Reason: "nvidia: init failed"}}},
 			action: ActionInstall, reason: []string{"does not match kernel"}},
 		{name: "a half-written staging dir is never used and is cleaned",
 			facts: staging, cfg: cfg(), action: ActionInstall, tree: "/opt/nvidia/550.54.14/3815.2.0"},
@@ -155,6 +156,13 @@ func TestPlan(t *testing.T) {
 			if tc.image != "" && d.Image != tc.image {
 				t.Errorf("image %q, want %q", d.Image, tc.image)
 			}
+			if (d.Action == ActionInstall) != (d.Target != nil) {
+				t.Errorf("action %s with target %+v", d.Action, d.Target)
+			}
+			if d.Target != nil && (d.Target.Driver != d.Driver || !strings.HasSuffix(d.Image, ":"+d.Target.Tag) ||
+				d.Tree != "/opt/nvidia/"+d.Driver+"/"+d.Target.TreeName) {
+				t.Errorf("target %+v does not match image %s and tree %s", d.Target, d.Image, d.Tree)
+			}
 			for _, r := range tc.reason {
 				if !strings.Contains(d.Reason, r) {
 					t.Errorf("reason %q does not mention %q", d.Reason, r)
@@ -170,18 +178,36 @@ func TestPlan(t *testing.T) {
 	}
 }
 
-func TestTreeName(t *testing.T) {
-	t.Run("flatcar trees are named by OS version", func(t *testing.T) {
-		if got := TreeName(host()); got != "3815.2.0" {
-			t.Fatal(got)
+func TestTargets(t *testing.T) {
+	t.Parallel()
+	c := config.Default()
+	c.Repository = "registry.example/nvidia"
+	c.DriverVersion = "550.54.14"
+	t.Run("a Flatcar install is named and tagged by OS version and checked against the running kernel", func(t *testing.T) {
+		d := Plan(host(), c, store.State{})
+		want := Target{Driver: "550.54.14", OSID: "flatcar", OSVersion: "3815.2.0", TreeName: "3815.2.0",
+			Tag: "3815.2.0-550.54.14", Kernel: host().Kernel}
+		if d.Target == nil || !reflect.DeepEqual(*d.Target, want) {
+			t.Errorf("target %+v\nwant   %+v", d.Target, want)
 		}
 	})
 	t.Run("generic trees are named by kernel release", func(t *testing.T) {
 		f := host()
 		f.OS = hostinfo.OSRelease{ID: "debian", VersionID: "12"}
 		f.Kernel.Release = "6.1.0-56-amd64"
-		if got := TreeName(f); got != "6.1.0-56-amd64" {
-			t.Fatal(got)
+		if d := Plan(f, c, store.State{}); d.Target == nil || d.Target.TreeName != "6.1.0-56-amd64" {
+			t.Errorf("target %+v", d.Target)
+		}
+	})
+	t.Run("a staged OS update leaves the kernel to the image's label", func(t *testing.T) {
+		a := Assessment{Facts: host()}
+		got, err := a.NextBoot(c, "550.54.14", Boot{OSVersion: "4081.2.0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := Target{Driver: "550.54.14", OSID: "flatcar", OSVersion: "4081.2.0", TreeName: "4081.2.0", Tag: "4081.2.0-550.54.14"}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("target %+v\nwant   %+v", got, want)
 		}
 	})
 }

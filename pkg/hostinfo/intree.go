@@ -6,12 +6,14 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 )
 
 // errFound stops a directory walk at the first hit.
 var errFound = errors.New("found")
 
-// InTreeModule finds one module file that the running kernel shipped, under
+// InTreeModule finds one module file that kernel release shipped, under
 // <root>/lib/modules/<release>/kernel or <root>/usr/lib/modules/<release>/kernel
 // (Flatcar keeps modules under /usr). Its vermagic shows the kernel's
 // vermagic flags, which /proc does not.
@@ -20,23 +22,18 @@ var errFound = errors.New("found")
 // path to open on this machine (fsPath), and ok = false when no regular
 // .ko, .ko.xz, .ko.zst or .ko.gz file exists there. The first file in
 // lexical order is taken, so the answer is stable.
-func InTreeModule(root, release string) (hostPath, fsPath string, ok bool) {
+func (h *Host) InTreeModule(release string) (hostPath, fsPath string, ok bool) {
 	if release == "" || strings.ContainsRune(release, '/') || release == "." || release == ".." {
 		return "", "", false
 	}
-	h, err := openHost(root)
-	if err != nil {
-		return "", "", false
-	}
-	defer h.close()
-	for _, dir := range []string{"lib/modules/" + release + "/kernel", "usr/lib/modules/" + release + "/kernel"} {
-		resolved, err := h.resolve(filepath.FromSlash(dir))
+	for _, base := range ModuleDirs {
+		dir := path.Join(base, release, "kernel")
+		start, err := h.fs.Path(dir)
 		if err != nil {
 			continue
 		}
 		var hit string
-		start := filepath.ToSlash(resolved)
-		_ = fs.WalkDir(h.root.FS(), start, func(p string, d fs.DirEntry, err error) error {
+		_ = filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return nil // skip what cannot be read
 			}
@@ -47,18 +44,36 @@ func InTreeModule(root, release string) (hostPath, fsPath string, ok bool) {
 			return nil
 		})
 		if hit != "" {
-			rel := strings.TrimPrefix(strings.TrimPrefix(hit, start), "/")
-			return "/" + path.Join(dir, rel), filepath.Join(root, filepath.FromSlash(hit)), true
+			rel, _ := filepath.Rel(start, hit)
+			return path.Join(dir, filepath.ToSlash(rel)), hit, true
 		}
 	}
 	return "", "", false
 }
 
-func isModuleFile(name string) bool {
-	for _, ext := range []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"} {
-		if strings.HasSuffix(name, ext) && len(name) > len(ext) {
-			return true
-		}
+// KernelFlags returns the vermagic flags of kernel release ("SMP preempt
+// mod_unload modversions"), read from one of its own in-tree modules (see
+// InTreeModule), and the host path of that module. ok is false when no
+// such module exists or its vermagic cannot be read or names another
+// release: then only the release can be compared, which still protects
+// the host.
+func (h *Host) KernelFlags(release string) (flags []string, from string, ok bool) {
+	host, fsPath, found := h.InTreeModule(release)
+	if !found {
+		return nil, "", false
 	}
-	return false
+	info, err := modinfo.Read(fsPath)
+	if err != nil {
+		return nil, "", false
+	}
+	vm, err := modinfo.ParseVermagic(info.Vermagic)
+	if err != nil || vm.Release != release {
+		return nil, "", false
+	}
+	return append([]string{}, vm.Flags...), host, true
+}
+
+func isModuleFile(name string) bool {
+	_, ok := modinfo.ModuleName(name)
+	return ok
 }

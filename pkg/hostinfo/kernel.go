@@ -4,14 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
-
-// kernelReleasePath is where procfs reports the running kernel's release,
-// the string uname -r prints.
-const kernelReleasePath = "/proc/sys/kernel/osrelease"
 
 // KernelRelease returns the running kernel's release, such as
 // "6.1.77-flatcar", from <root>/proc/sys/kernel/osrelease with surrounding
@@ -22,16 +17,10 @@ const kernelReleasePath = "/proc/sys/kernel/osrelease"
 // does not exist under any other root, it returns an error wrapping
 // fs.ErrNotExist and naming the path. It returns an error naming the path
 // if the file cannot be read or holds only whitespace.
-func KernelRelease(root string) (string, error) {
-	h, err := openHost(root)
-	if err != nil {
-		return "", fmt.Errorf("read kernel release: %w", err)
-	}
-	defer h.close()
-
+func (h *Host) KernelRelease() (string, error) {
 	release, err := h.readTrimmed(kernelReleasePath)
 	switch {
-	case errors.Is(err, fs.ErrNotExist) && filepath.Clean(root) == "/":
+	case errors.Is(err, fs.ErrNotExist) && h.fs.IsHost():
 		return unameRelease()
 	case err != nil:
 		return "", fmt.Errorf("read kernel release: %w", err)

@@ -8,12 +8,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 )
 
 // Module describes a kernel module as sysfs shows it under
 // /sys/module/<name>.
 type Module struct {
-	Name       string            // normalised name: dashes become underscores
+	Name       string            // the kernel's spelling: dashes become underscores
 	Version    string            // version ("" if absent)
 	SrcVersion string            // srcversion ("" if absent)
 	Refcnt     int               // refcnt (-1 if absent, as for a built-in module)
@@ -22,15 +24,8 @@ type Module struct {
 	Parameters map[string]string // parameters/<p>, without the trailing newline; unreadable ones skipped (nil if none)
 }
 
-// normaliseModuleName returns name with dashes replaced by underscores, as
-// the kernel names modules in /sys/module.
-func normaliseModuleName(name string) string {
-	return strings.ReplaceAll(name, "-", "_")
-}
-
-// LoadedModule reads <root>/sys/module/<name>, where name has its dashes
-// replaced by underscores as the kernel does ("nvidia-uvm" finds
-// nvidia_uvm).
+// LoadedModule reads <root>/sys/module/<name>, name spelled as the kernel
+// does (modinfo.CheckName: "nvidia-uvm" finds nvidia_uvm).
 //
 // It returns (Module{}, false, nil) if the directory does not exist. For a
 // module built into the kernel (the directory exists, but has no initstate)
@@ -42,51 +37,17 @@ func normaliseModuleName(name string) string {
 // It returns an error if the normalised name is empty, "." or "..", or
 // holds a '/'; and an error naming the path if the module directory or any
 // other file in it exists but cannot be read, or refcnt is not a number.
-func LoadedModule(root, name string) (Module, bool, error) {
-	h, err := openHost(root)
+func (h *Host) LoadedModule(name string) (Module, bool, error) {
+	norm, err := modinfo.CheckName(name)
 	if err != nil {
-		return Module{}, false, fmt.Errorf("read module %s: %w", name, err)
+		return Module{}, false, fmt.Errorf("read module: %w", err)
 	}
-	defer h.close()
-	return loadedModule(h, name)
-}
-
-// LoadedModules returns those of names that are loaded or built in, keyed
-// by normalised name (see LoadedModule); names not present are left out.
-// It returns a non-nil map, or the first error LoadedModule would return.
-func LoadedModules(root string, names []string) (map[string]Module, error) {
-	h, err := openHost(root)
-	if err != nil {
-		return nil, fmt.Errorf("read modules: %w", err)
-	}
-	defer h.close()
-
-	mods := make(map[string]Module, len(names))
-	for _, name := range names {
-		m, ok, err := loadedModule(h, name)
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			mods[m.Name] = m
-		}
-	}
-	return mods, nil
-}
-
-// loadedModule implements LoadedModule on an open host tree.
-func loadedModule(h *hostRoot, name string) (Module, bool, error) {
-	norm := normaliseModuleName(name)
-	if norm == "" || norm == "." || norm == ".." || strings.ContainsRune(norm, '/') {
-		return Module{}, false, fmt.Errorf("read module: invalid name %q", name)
-	}
-	dir := path.Join("/sys/module", norm)
-	if _, err := h.resolve(dir); errors.Is(err, fs.ErrNotExist) {
+	dir := path.Join(sysModuleDir, norm)
+	if _, err := h.fs.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		return Module{}, false, nil
 	} else if err != nil {
-		return Module{}, false, fmt.Errorf("read module %s: %w", norm, h.pathError(dir, err))
+		return Module{}, false, fmt.Errorf("read module %s: %w", norm, err)
 	}
-
 	m := Module{Name: norm, Refcnt: -1}
 	attrs := []struct {
 		file string
@@ -128,7 +89,7 @@ func loadedModule(h *hostRoot, name string) (Module, bool, error) {
 
 // optionalAttr returns the trimmed contents of the file name, "" if it
 // does not exist, or an error naming the path if it cannot be read.
-func optionalAttr(h *hostRoot, name string) (string, error) {
+func optionalAttr(h *Host, name string) (string, error) {
 	v, err := h.readTrimmed(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
@@ -139,8 +100,8 @@ func optionalAttr(h *hostRoot, name string) (string, error) {
 // optionalDirNames returns the sorted entry names of directory name, nil
 // if it does not exist or is empty, or an error naming the path if it
 // cannot be read.
-func optionalDirNames(h *hostRoot, name string) ([]string, error) {
-	entries, err := h.readDir(name)
+func optionalDirNames(h *Host, name string) ([]string, error) {
+	entries, err := h.fs.ReadDir(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -160,7 +121,7 @@ func optionalDirNames(h *hostRoot, name string) ([]string, error) {
 // directory does not exist or holds no readable parameter, and an error
 // naming the path if the directory cannot be read. A parameter that cannot
 // be read (sysfs refuses reads of write-only ones) is left out.
-func readParameters(h *hostRoot, name string) (map[string]string, error) {
+func readParameters(h *Host, name string) (map[string]string, error) {
 	params, err := optionalDirNames(h, name)
 	if err != nil {
 		return nil, err
@@ -179,9 +140,6 @@ func readParameters(h *hostRoot, name string) (map[string]string, error) {
 	return values, nil
 }
 
-// nvidiaVersionPath is where the loaded nvidia.ko reports its version.
-const nvidiaVersionPath = "/proc/driver/nvidia/version"
-
 // NvidiaProcVersion returns the version of the loaded NVIDIA kernel module,
 // such as "550.54.14", from the first line of
 // <root>/proc/driver/nvidia/version. Both the proprietary and the open
@@ -196,13 +154,7 @@ const nvidiaVersionPath = "/proc/driver/nvidia/version"
 // It returns ("", nil) if the file does not exist, as when the module is
 // not loaded. It returns an error naming the file if it cannot be read or
 // its first line does not have that form.
-func NvidiaProcVersion(root string) (string, error) {
-	h, err := openHost(root)
-	if err != nil {
-		return "", fmt.Errorf("read nvidia version: %w", err)
-	}
-	defer h.close()
-
+func (h *Host) NvidiaProcVersion() (string, error) {
 	b, err := h.readFile(nvidiaVersionPath)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
@@ -234,4 +186,21 @@ func isDriverVersion(s string) bool {
 		}
 	}
 	return true
+}
+
+// LoadedModules returns those of names that are loaded or built in, keyed
+// by normalised name (see LoadedModule); names not present are left out.
+// It returns a non-nil map, or the first error LoadedModule would return.
+func (h *Host) LoadedModules(names []string) (map[string]Module, error) {
+	mods := make(map[string]Module, len(names))
+	for _, name := range names {
+		m, ok, err := h.LoadedModule(name)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			mods[m.Name] = m
+		}
+	}
+	return mods, nil
 }

@@ -16,12 +16,6 @@ const (
 	FamilyGeneric = "generic" // anything else
 )
 
-// The os-release(5) locations, in the order read.
-const (
-	etcOSRelease    = "/etc/os-release"
-	usrLibOSRelease = "/usr/lib/os-release"
-)
-
 // OSRelease holds the fields of a host's os-release file.
 type OSRelease struct {
 	ID         string // ID, "linux" when the file has none
@@ -64,7 +58,7 @@ func (o OSRelease) OSVersion() string {
 	return o.Version
 }
 
-// ReadOSRelease reads the host's os-release file: <root>/etc/os-release,
+// OSRelease reads the host's os-release file: <root>/etc/os-release,
 // or <root>/usr/lib/os-release if the former does not exist, following
 // os-release(5). Symlinks, absolute ones included, are resolved inside
 // root, so an /etc/os-release -> /usr/lib/os-release link reads
@@ -74,13 +68,7 @@ func (o OSRelease) OSVersion() string {
 // none. It returns an error wrapping fs.ErrNotExist and naming both paths
 // when neither file exists, an error naming the path when a file cannot be
 // read, and an error naming the path and line when the file is malformed.
-func ReadOSRelease(root string) (OSRelease, error) {
-	h, err := openHost(root)
-	if err != nil {
-		return OSRelease{}, fmt.Errorf("read os-release: %w", err)
-	}
-	defer h.close()
-
+func (h *Host) OSRelease() (OSRelease, error) {
 	for _, name := range []string{etcOSRelease, usrLibOSRelease} {
 		b, err := h.readFile(name)
 		if errors.Is(err, fs.ErrNotExist) {

@@ -5,14 +5,10 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 )
-
-// pciDevicesPath lists every PCI function, one entry per address.
-const pciDevicesPath = "/sys/bus/pci/devices"
 
 // nvidiaVendor is NVIDIA's PCI vendor ID as sysfs prints it.
 const nvidiaVendor = "0x10de"
@@ -44,14 +40,8 @@ type GPU struct {
 // about a function's files name them by their resolved path.
 // An entry whose target vanished since the listing (a hot-unplugged
 // device) is skipped.
-func NvidiaGPUs(root string) ([]GPU, error) {
-	h, err := openHost(root)
-	if err != nil {
-		return nil, fmt.Errorf("list nvidia gpus: %w", err)
-	}
-	defer h.close()
-
-	entries, err := h.readDir(pciDevicesPath)
+func (h *Host) NvidiaGPUs() ([]GPU, error) {
+	entries, err := h.fs.ReadDir(pciDevicesPath)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -76,18 +66,20 @@ func NvidiaGPUs(root string) ([]GPU, error) {
 // It returns the GPU and true if the function is an NVIDIA display
 // controller, false if it is something else or has gone, or an error
 // naming the path as for NvidiaGPUs.
-func readNvidiaGPU(h *hostRoot, addr string) (GPU, bool, error) {
+func readNvidiaGPU(h *Host, addr string) (GPU, bool, error) {
 	entry := path.Join(pciDevicesPath, addr)
-	dir, err := h.resolve(entry)
-	if errors.Is(err, fs.ErrNotExist) {
-		return GPU{}, false, nil
-	}
+	real, err := h.fs.Path(entry)
 	if err != nil {
-		return GPU{}, false, h.pathError(entry, err)
+		return GPU{}, false, err
+	}
+	if _, err := h.fs.Stat(entry); errors.Is(err, fs.ErrNotExist) {
+		return GPU{}, false, nil
+	} else if err != nil {
+		return GPU{}, false, err
 	}
 	// Read through the resolved directory: one lookup instead of three,
 	// and the files all come from the same device.
-	dir = filepath.ToSlash(dir)
+	dir := h.fs.Host(real)
 
 	gpu := GPU{Address: addr}
 	if gpu.Vendor, err = h.readTrimmed(path.Join(dir, "vendor")); err != nil {
@@ -109,7 +101,7 @@ func readNvidiaGPU(h *hostRoot, addr string) (GPU, bool, error) {
 	if gpu.Device, err = h.readTrimmed(path.Join(dir, "device")); err != nil {
 		return GPU{}, false, err
 	}
-	target, err := h.readlink(path.Join(dir, "driver"))
+	target, err := h.fs.Readlink(path.Join(dir, "driver"))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		// unbound: no driver link

@@ -1,11 +1,8 @@
-package kmod
+package hostinfo
 
-import (
-	"path/filepath"
-	"testing"
-)
+import "testing"
 
-func TestEnforcement(t *testing.T) {
+func TestModuleSigning(t *testing.T) {
 	for _, c := range []struct {
 		name, lockdown, sigEnforce string // "" leaves the file out
 		want                       bool
@@ -21,13 +18,18 @@ func TestEnforcement(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			root := t.TempDir()
 			if c.lockdown != "" {
-				writeFile(t, filepath.Join(root, "sys/kernel/security/lockdown"), c.lockdown)
+				writeTree(t, root, map[string]string{"sys/kernel/security/lockdown": c.lockdown})
 			}
 			if c.sigEnforce != "" {
-				writeFile(t, filepath.Join(root, "sys/module/module/parameters/sig_enforce"), c.sigEnforce)
+				writeTree(t, root, map[string]string{"sys/module/module/parameters/sig_enforce": c.sigEnforce})
 			}
-			if got, why := Enforcement(root); got != c.want || why != c.why {
-				t.Errorf("Enforcement = %v, %q; want %v, %q", got, why, c.want, c.why)
+			h, err := Open(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Close()
+			if got, why := h.ModuleSigning(); got != c.want || why != c.why {
+				t.Errorf("ModuleSigning = %v, %q; want %v, %q", got, why, c.want, c.why)
 			}
 		})
 	}

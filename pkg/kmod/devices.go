@@ -3,11 +3,9 @@ package kmod
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,19 +18,19 @@ const (
 	nodeMode     = 0o666
 )
 
-// devNode is a character device node to have in <root>/dev.
+// devNode is a character device node to have in the host's /dev.
 type devNode struct {
 	name         string
 	major, minor uint32
 }
 
-// Devices creates the NVIDIA device nodes under <root>/dev, character
+// Devices creates the NVIDIA device nodes in the host's /dev, character
 // devices of mode 0666 owned by root:root: nvidiactl (195:255); nvidiaN
 // (195:N) for each GPU, N being the "Device Minor" of
-// <root>/proc/driver/nvidia/gpus/<address>/information when that exists,
+// /proc/driver/nvidia/gpus/<address>/information when that exists,
 // else the GPU's index among the sorted addresses; nvidia-modeset
 // (195:254) when nvidia_modeset is live; nvidia-uvm and nvidia-uvm-tools
-// (minors 0 and 1 of the major <root>/proc/devices gives "nvidia-uvm")
+// (minors 0 and 1 of the major /proc/devices gives "nvidia-uvm")
 // when nvidia_uvm is live.
 //
 // A node that already has the right type, device number, mode and owner
@@ -41,21 +39,24 @@ type devNode struct {
 // temporary name in the same directory and renamed over it.
 //
 // It returns the paths created or replaced (nil when all were right), or
-// those before an error naming the path: root is empty, a GPU address is
+// those before an error naming the path: host is nil, a GPU address is
 // invalid, information or /proc/devices cannot be read or parsed, a minor
 // is out of range, nvidia-uvm has no major, or making the node fails (EPERM
 // without CAP_MKNOD).
-func Devices(root string, gpus []string) ([]string, error) {
-	if root == "" {
-		return nil, errors.New("create device nodes: root is empty")
+func Devices(host Host, gpus []string) ([]string, error) {
+	if host == nil {
+		return nil, errors.New("create device nodes: no host")
 	}
-	nodes, err := wantedNodes(root, gpus)
+	nodes, err := wantedNodes(host, gpus)
 	if err != nil {
 		return nil, err
 	}
 	var changed []string
 	for _, d := range nodes {
-		path := filepath.Join(root, "dev", d.name)
+		path, err := host.FS().Lpath("/dev/" + d.name)
+		if err != nil {
+			return changed, fmt.Errorf("create device node: %w", err)
+		}
 		right, err := nodeIsRight(path, d)
 		if err != nil {
 			return changed, err
@@ -73,22 +74,22 @@ func Devices(root string, gpus []string) ([]string, error) {
 
 // wantedNodes returns the nodes Devices is to make. It returns an error
 // as Devices describes.
-func wantedNodes(root string, gpus []string) ([]devNode, error) {
+func wantedNodes(host Host, gpus []string) ([]devNode, error) {
 	nodes := []devNode{{"nvidiactl", nvidiaMajor, ctlMinor}}
 	for i, addr := range slices.Sorted(slices.Values(gpus)) {
-		minor, err := gpuMinor(root, addr, i)
+		minor, err := gpuMinor(host, addr, i)
 		if err != nil {
 			return nil, err
 		}
 		nodes = append(nodes, devNode{"nvidia" + strconv.Itoa(int(minor)), nvidiaMajor, minor})
 	}
-	if live(root, "nvidia_modeset") {
+	if live(host, "nvidia_modeset") {
 		nodes = append(nodes, devNode{"nvidia-modeset", nvidiaMajor, modesetMinor})
 	}
-	if live(root, "nvidia_uvm") {
-		major, err := charMajor(root, "nvidia-uvm")
+	if live(host, "nvidia_uvm") {
+		major, err := host.CharDeviceMajor("nvidia-uvm")
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("create nvidia-uvm device nodes: %w", err)
 		}
 		nodes = append(nodes, devNode{"nvidia-uvm", major, 0}, devNode{"nvidia-uvm-tools", major, 1})
 	}
@@ -96,73 +97,31 @@ func wantedNodes(root string, gpus []string) ([]devNode, error) {
 }
 
 // live reports whether module name is live according to
-// <root>/sys/module; false when that cannot be read.
-func live(root, name string) bool {
-	sys, err := readSysModule(root, name)
+// /sys/module; false when that cannot be read.
+func live(host Host, name string) bool {
+	sys, err := readSysModule(host, name)
 	return err == nil && sys.live()
 }
 
 // gpuMinor returns the minor of the GPU at PCI address addr, the
-// index-th in sorted order: the "Device Minor" line of
-// <root>/proc/driver/nvidia/gpus/<addr>/information, or index when that
-// file does not exist. It returns an error naming the GPU or file when the
-// address is invalid, the file cannot be read or has no valid Device Minor
-// line, or the minor is not below 254.
-func gpuMinor(root, addr string, index int) (uint32, error) {
-	if addr == "" || addr == "." || addr == ".." || strings.ContainsAny(addr, "/\x00") {
-		return 0, fmt.Errorf("create device nodes: invalid GPU address %q", addr)
-	}
-	path := filepath.Join(root, "proc", "driver", "nvidia", "gpus", addr, "information")
-	info, ok, err := readAttr(path)
+// index-th in sorted order: the Device Minor the nvidia module gives in
+// /proc/driver/nvidia/gpus/<addr>/information, or index when that file
+// does not exist. It returns an error naming the GPU or file when the
+// address is invalid, the file cannot be read or has no valid Device
+// Minor line, or the minor is not below 254.
+func gpuMinor(host Host, addr string, index int) (uint32, error) {
+	info, ok, err := host.NvidiaGPUInfo(addr)
 	if err != nil {
 		return 0, fmt.Errorf("create device node of GPU %s: %w", addr, err)
 	}
-	minor := strconv.Itoa(index)
+	minor := index
 	if ok {
-		if minor, ok = field(info, "Device Minor"); !ok {
-			return 0, fmt.Errorf("create device node of GPU %s: %s: no Device Minor line", addr, path)
-		}
+		minor = info.Minor
 	}
-	n, err := strconv.ParseUint(minor, 10, 32)
-	if err != nil || n >= modesetMinor {
-		return 0, fmt.Errorf("create device node of GPU %s: minor %q is not a number below %d", addr, minor, modesetMinor)
+	if minor < 0 || minor >= modesetMinor {
+		return 0, fmt.Errorf("create device node of GPU %s: minor %d is not below %d", addr, minor, modesetMinor)
 	}
-	return uint32(n), nil
-}
-
-// field returns the trimmed value of the first "<key>: value" line of s.
-func field(s, key string) (string, bool) {
-	for _, line := range strings.Split(s, "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == key {
-			return strings.TrimSpace(v), true
-		}
-	}
-	return "", false
-}
-
-// charMajor returns the major of the character device driver name from
-// the "Character devices:" section of <root>/proc/devices ("511
-// nvidia-uvm"). It returns an error naming the file when it cannot be
-// read or has no such line.
-func charMajor(root, name string) (uint32, error) {
-	path := filepath.Join(root, "proc", "devices")
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return 0, fmt.Errorf("create %s device nodes: %w", name, err)
-	}
-	inChar := false
-	for _, line := range strings.Split(string(data), "\n") {
-		words := strings.Fields(line)
-		switch {
-		case strings.HasSuffix(line, "devices:"):
-			inChar = line == "Character devices:"
-		case inChar && len(words) == 2 && words[1] == name:
-			if n, err := strconv.ParseUint(words[0], 10, 32); err == nil {
-				return uint32(n), nil
-			}
-		}
-	}
-	return 0, fmt.Errorf("create %s device nodes: %s has no character device %q", name, path, name)
+	return uint32(minor), nil
 }
 
 // nodeIsRight reports whether path is a character device d, mode 0666,

@@ -52,7 +52,7 @@ func TestDevices(t *testing.T) {
 
 	t.Run("nodes are made with the right numbers and mode", func(t *testing.T) {
 		f, gpus := deviceHost(t)
-		got, err := Devices(f.root, gpus)
+		got, err := Devices(f.host, gpus)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -74,10 +74,10 @@ func TestDevices(t *testing.T) {
 
 	t.Run("a second run changes nothing", func(t *testing.T) {
 		f, gpus := deviceHost(t)
-		if _, err := Devices(f.root, gpus); err != nil {
+		if _, err := Devices(f.host, gpus); err != nil {
 			t.Fatal(err)
 		}
-		got, err := Devices(f.root, gpus)
+		got, err := Devices(f.host, gpus)
 		if err != nil || got != nil {
 			t.Errorf("Devices = %v, %v; want nil, nil", got, err)
 		}
@@ -86,7 +86,7 @@ func TestDevices(t *testing.T) {
 	t.Run("wrong nodes are replaced and right ones left", func(t *testing.T) {
 		f, gpus := deviceHost(t)
 		dev := filepath.Join(f.root, "dev")
-		if _, err := Devices(f.root, gpus); err != nil {
+		if _, err := Devices(f.host, gpus); err != nil {
 			t.Fatal(err)
 		}
 		for _, n := range []string{"nvidiactl", "nvidia3", "nvidia-modeset"} {
@@ -98,7 +98,7 @@ func TestDevices(t *testing.T) {
 		mknod(t, filepath.Join(dev, "nvidia3"), 195, 0, 0o666)
 		mknod(t, filepath.Join(dev, "nvidia-modeset"), 195, 254, 0o600)
 
-		got, err := Devices(f.root, gpus)
+		got, err := Devices(f.host, gpus)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,7 +119,7 @@ func TestDevices(t *testing.T) {
 
 	t.Run("modeset and uvm nodes wait for their modules", func(t *testing.T) {
 		f := newFixture(t)
-		got, err := Devices(f.root, []string{"0000:01:00.0"})
+		got, err := Devices(f.host, []string{"0000:01:00.0"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -133,7 +133,7 @@ func TestDevices(t *testing.T) {
 		f := newFixture(t)
 		f.loaded("nvidia_uvm", testVersion, 0)
 		f.write("proc/devices", "Character devices:\n195 nvidia-frontend\n\nBlock devices:\n511 nvidia-uvm\n")
-		_, err := Devices(f.root, nil)
+		_, err := Devices(f.host, nil)
 		if err == nil || !strings.Contains(err.Error(), `no character device "nvidia-uvm"`) {
 			t.Errorf("err %v", err)
 		}
@@ -142,10 +142,10 @@ func TestDevices(t *testing.T) {
 	t.Run("a bad Device Minor or address is an error naming the GPU", func(t *testing.T) {
 		f := newFixture(t)
 		f.write("proc/driver/nvidia/gpus/0000:01:00.0/information", "Device Minor: 254\n")
-		if _, err := Devices(f.root, []string{"0000:01:00.0"}); err == nil || !strings.Contains(err.Error(), "GPU 0000:01:00.0") {
+		if _, err := Devices(f.host, []string{"0000:01:00.0"}); err == nil || !strings.Contains(err.Error(), "GPU 0000:01:00.0") {
 			t.Errorf("err %v", err)
 		}
-		if _, err := Devices(f.root, []string{"../../etc"}); err == nil {
+		if _, err := Devices(f.host, []string{"../../etc"}); err == nil {
 			t.Error("no error for an address with '/'")
 		}
 	})
@@ -153,7 +153,7 @@ func TestDevices(t *testing.T) {
 	t.Run("a directory in a node's place is an error naming it", func(t *testing.T) {
 		f := newFixture(t)
 		mkdir(t, filepath.Join(f.root, "dev", "nvidiactl", "x"))
-		_, err := Devices(f.root, nil)
+		_, err := Devices(f.host, nil)
 		if err == nil || !strings.Contains(err.Error(), filepath.Join(f.root, "dev", "nvidiactl")) {
 			t.Errorf("err %v", err)
 		}

@@ -7,8 +7,8 @@
 // configuration and the tree's etc/modprobe.d, and which modules are
 // already loaded or built in. Load then opens each module file, checks
 // its vermagic on the open file descriptor, so that the bytes checked are
-// the bytes loaded, and hands the descriptor to finit_module(2) through a
-// Kernel.
+// the bytes loaded, and hands the descriptor to finit_module(2) through
+// Syscalls.
 //
 // The vermagic check is ours, not the kernel's: a kernel built with
 // CONFIG_MODVERSIONS accepts a module built for another release as long as
@@ -21,7 +21,9 @@
 // CONFIG_MODULE_COMPRESS_* decompressor), which distributions that ship
 // compressed modules have.
 //
-// Every host path is read under a root directory ("/" in production, a
-// test directory in tests). The package logs nothing; what it did and why
+// What kmod knows of the host (/sys/module, modules.dep, /proc) it asks a
+// Host, *hostinfo.Host in production; device nodes are made in the host
+// tree that Host gives, every path resolved inside it. The package logs
+// nothing; what it did and why
 // it stopped are in its return values.
 package kmod

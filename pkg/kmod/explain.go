@@ -61,6 +61,6 @@ func (p *planner) present(name string) bool {
 	if n, ok := p.byName[name]; ok && n.step.Skipped == skippedBuiltIn {
 		return true
 	}
-	sys, err := readSysModule(p.req.Root, name)
+	sys, err := readSysModule(p.req.Host, name)
 	return err == nil && (sys.live() || sys.builtIn())
 }

@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod/kmodtest"
 	"github.com/nvidia-driverd/nvidia-driverd/test/kofixture"
-	"golang.org/x/sys/unix"
 )
 
 const (
@@ -25,6 +25,7 @@ func testFlags() []string { return []string{"SMP", "preempt", "mod_unload", "mod
 type fixture struct {
 	t    *testing.T
 	root string // host root
+	host *hostinfo.Host
 	tree string // <tmp>/tree/lib/modules/<release>
 	req  Request
 }
@@ -40,8 +41,14 @@ func newFixture(t *testing.T) *fixture {
 			t.Fatal(err)
 		}
 	}
+	host, err := hostinfo.Open(f.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host.Close() })
+	f.host = host
 	f.req = Request{
-		Root:        f.root,
+		Host:        host,
 		Release:     testRelease,
 		Flags:       testFlags(),
 		TreeModules: f.tree,
@@ -169,57 +176,25 @@ func (f *fixture) builtin(name string) {
 	mkdir(f.t, filepath.Join(f.root, "sys/module", name, "parameters"))
 }
 
-// call is one finit_module call the fake kernel saw.
-type call struct {
-	name, params string
-	flags        int
-	compression  string // what the descriptor's content is compressed with
+// call is one finit_module call the fake saw.
+type call = kmodtest.Call
+
+// fakeKernel returns the fake module syscalls; with root set, what they
+// load shows in <root>/sys/module, as with the real kernel.
+func fakeKernel(root string, errs map[string]error) *kmodtest.Syscalls {
+	return &kmodtest.Syscalls{Root: root, Errs: errs}
 }
 
-// fakeKernel records calls and answers with scripted errors per module
-// name. When root is set, a module it loads becomes live in
-// <root>/sys/module, as with the real kernel.
-type fakeKernel struct {
-	t       *testing.T
-	root    string
-	errs    map[string]error
-	calls   []call
-	deletes []string
-	flags   []int // of DeleteModule
-}
-
-// FinitModule reads the module's name from the descriptor itself, records
-// the call and returns the scripted error, if any.
-func (k *fakeKernel) FinitModule(f *os.File, params string, flags int) error {
-	info, err := modinfo.Read(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
-	if err != nil {
-		k.t.Errorf("fake finit_module: %v", err)
-		return unix.ENOEXEC
-	}
-	k.calls = append(k.calls, call{info.Name, params, flags, info.Compression})
-	if err := k.errs[info.Name]; err != nil {
-		return err
-	}
-	if k.root != "" {
-		markLoaded(k.t, k.root, info.Name, "live", info.Version)
-	}
-	return nil
-}
-
-// DeleteModule records the call and returns the scripted error, if any.
-func (k *fakeKernel) DeleteModule(name string, flags int) error {
-	k.deletes = append(k.deletes, name)
-	k.flags = append(k.flags, flags)
-	return k.errs[name]
-}
-
-// names returns the module names of the calls, in order.
-func (k *fakeKernel) names() []string {
-	var names []string
-	for _, c := range k.calls {
-		names = append(names, c.name)
-	}
+// deleted returns the names delete_module was called with.
+func deleted(k *kmodtest.Syscalls) []string {
+	names, _ := k.Deleted()
 	return names
+}
+
+// deleteFlags returns the flags delete_module was called with.
+func deleteFlags(k *kmodtest.Syscalls) []int {
+	_, flags := k.Deleted()
+	return flags
 }
 
 // stepNames returns the names of steps, in order.

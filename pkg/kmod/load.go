@@ -26,7 +26,7 @@ import (
 // ErrUnsigned under Secure Boot/lockdown, no GPU the module can drive, an
 // unknown symbol naming the dependency that is not loaded, busy, no
 // support for compressed modules) and wraps the unix.Errno.
-func Load(k Kernel, req Request) ([]Step, error) {
+func Load(k Syscalls, req Request) ([]Step, error) {
 	p, err := plan(req)
 	if err != nil {
 		return nil, err
@@ -44,7 +44,7 @@ func Load(k Kernel, req Request) ([]Step, error) {
 
 // load loads the module of n unless it is skipped. It returns the step
 // done, or the error Load describes.
-func (p *planner) load(k Kernel, n *node) (Step, error) {
+func (p *planner) load(k Syscalls, n *node) (Step, error) {
 	step := n.step
 	if step.Skipped != "" {
 		return step, nil

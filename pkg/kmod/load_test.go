@@ -24,7 +24,7 @@ func TestLoad(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		k := &fakeKernel{t: t, root: f.root}
+		k := fakeKernel(f.root, nil)
 		steps, err := Load(k, f.req)
 		if err != nil {
 			t.Fatal(err)
@@ -33,17 +33,17 @@ func TestLoad(t *testing.T) {
 			t.Errorf("steps %+v\nwant the plan %+v", steps, plan)
 		}
 		want := []call{
-			{"ipmi_msghandler", "", compressedFile, modinfo.CompressionXZ},
-			{"ipmi_devintf", "", compressedFile, modinfo.CompressionXZ},
-			{"drm", "", 0, ""},
-			{"drm_kms_helper", "", 0, ""},
-			{"nvidia", "", 0, ""},
-			{"nvidia_modeset", "", 0, ""},
-			{"nvidia_drm", "modeset=1", 0, ""},
-			{"nvidia_uvm", "", 0, ""},
+			{Name: "ipmi_msghandler", Params: "", Flags: compressedFile, Compression: modinfo.CompressionXZ},
+			{Name: "ipmi_devintf", Params: "", Flags: compressedFile, Compression: modinfo.CompressionXZ},
+			{Name: "drm", Params: "", Flags: 0, Compression: ""},
+			{Name: "drm_kms_helper", Params: "", Flags: 0, Compression: ""},
+			{Name: "nvidia", Params: "", Flags: 0, Compression: ""},
+			{Name: "nvidia_modeset", Params: "", Flags: 0, Compression: ""},
+			{Name: "nvidia_drm", Params: "modeset=1", Flags: 0, Compression: ""},
+			{Name: "nvidia_uvm", Params: "", Flags: 0, Compression: ""},
 		}
-		if !reflect.DeepEqual(k.calls, want) {
-			t.Errorf("calls %+v\nwant  %+v", k.calls, want)
+		if !reflect.DeepEqual(k.Calls(), want) {
+			t.Errorf("calls %+v\nwant  %+v", k.Calls(), want)
 		}
 	})
 
@@ -52,7 +52,7 @@ func TestLoad(t *testing.T) {
 		f.standardTree(false)
 		f.standardHost()
 		f.loaded("nvidia", testVersion, 0)
-		k := &fakeKernel{t: t, root: f.root}
+		k := fakeKernel(f.root, nil)
 		steps, err := Load(k, f.req)
 		if err != nil {
 			t.Fatal(err)
@@ -60,8 +60,8 @@ func TestLoad(t *testing.T) {
 		if s := stepByName(t, steps, "nvidia"); s.Skipped != "already loaded "+testVersion {
 			t.Errorf("nvidia step %+v", s)
 		}
-		if slices.Contains(k.names(), "nvidia") {
-			t.Errorf("nvidia loaded again: %v", k.names())
+		if slices.Contains(k.Loaded(), "nvidia") {
+			t.Errorf("nvidia loaded again: %v", k.Loaded())
 		}
 	})
 
@@ -69,7 +69,7 @@ func TestLoad(t *testing.T) {
 		f := newFixture(t)
 		f.standardTree(false)
 		f.standardHost()
-		k := &fakeKernel{t: t, root: f.root, errs: map[string]error{"nvidia_uvm": unix.EEXIST}}
+		k := fakeKernel(f.root, map[string]error{"nvidia_uvm": unix.EEXIST})
 		steps, err := Load(k, f.req)
 		if err != nil {
 			t.Fatal(err)
@@ -86,14 +86,14 @@ func TestLoad(t *testing.T) {
 		f.standardTree(false)
 		f.standardHost()
 		f.treeModule("nvidia-uvm", kofixture.Module{Fields: kofixture.Standard("nvidia_uvm", testVersion, "6.1.0-55-amd64 SMP preempt mod_unload modversions ", "nvidia")})
-		k := &fakeKernel{t: t, root: f.root}
+		k := fakeKernel(f.root, nil)
 		steps, err := Load(k, f.req)
 		var mismatch *modinfo.MismatchError
 		if !errors.As(err, &mismatch) || !strings.Contains(err.Error(), "nvidia-uvm.ko") {
 			t.Errorf("err %v, want a vermagic mismatch naming the file", err)
 		}
-		if len(k.calls) != 0 || steps != nil {
-			t.Errorf("calls %v, steps %v; want none", k.names(), steps)
+		if len(k.Calls()) != 0 || steps != nil {
+			t.Errorf("calls %v, steps %v; want none", k.Loaded(), steps)
 		}
 	})
 
@@ -102,13 +102,13 @@ func TestLoad(t *testing.T) {
 		f.standardTree(false)
 		f.standardHost()
 		f.write("sys/module/module/parameters/sig_enforce", "Y\n")
-		k := &fakeKernel{t: t, root: f.root}
+		k := fakeKernel(f.root, nil)
 		_, err := Load(k, f.req)
 		if !errors.Is(err, ErrUnsigned) || !strings.Contains(err.Error(), "unsigned module under Secure Boot/lockdown (module.sig_enforce=Y)") {
 			t.Errorf("err %v, want ErrUnsigned", err)
 		}
-		if len(k.calls) != 0 {
-			t.Errorf("calls %v, want none", k.names())
+		if len(k.Calls()) != 0 {
+			t.Errorf("calls %v, want none", k.Loaded())
 		}
 	})
 
@@ -117,12 +117,12 @@ func TestLoad(t *testing.T) {
 		f.standardTree(true)
 		f.standardHost()
 		f.write("sys/kernel/security/lockdown", "none [integrity] confidentiality\n")
-		k := &fakeKernel{t: t, root: f.root}
+		k := fakeKernel(f.root, nil)
 		if _, err := Load(k, f.req); err != nil {
 			t.Fatal(err)
 		}
-		if !slices.Contains(k.names(), "nvidia") {
-			t.Errorf("calls %v", k.names())
+		if !slices.Contains(k.Loaded(), "nvidia") {
+			t.Errorf("calls %v", k.Loaded())
 		}
 	})
 
@@ -130,7 +130,7 @@ func TestLoad(t *testing.T) {
 		f := newFixture(t)
 		f.standardTree(false)
 		f.standardHost()
-		k := &fakeKernel{t: t, root: f.root, errs: map[string]error{"nvidia_modeset": unix.EINVAL}}
+		k := fakeKernel(f.root, map[string]error{"nvidia_modeset": unix.EINVAL})
 		steps, err := Load(k, f.req)
 		if !errors.Is(err, unix.EINVAL) {
 			t.Fatalf("err %v", err)
@@ -138,8 +138,8 @@ func TestLoad(t *testing.T) {
 		if got := stepNames(steps); !slices.Equal(got, []string{"ipmi_msghandler", "ipmi_devintf", "drm", "drm_kms_helper", "video", "i2c_core", "nvidia"}) {
 			t.Errorf("steps %v", got)
 		}
-		if len(k.deletes) != 0 {
-			t.Errorf("deleted %v", k.deletes)
+		if len(deleted(k)) != 0 {
+			t.Errorf("deleted %v", deleted(k))
 		}
 	})
 }
@@ -173,9 +173,9 @@ func TestLoadErrors(t *testing.T) {
 			if c.enforce {
 				f.write("sys/kernel/security/lockdown", "none [integrity] confidentiality\n")
 			}
-			k := &fakeKernel{t: t, root: f.root, errs: map[string]error{c.module: c.errno}}
+			k := fakeKernel(f.root, map[string]error{c.module: c.errno})
 			if c.noSysfs {
-				k.root = ""
+				k.Root = ""
 			}
 			plan, err := Plan(f.req)
 			if err != nil {

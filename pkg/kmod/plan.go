@@ -8,14 +8,15 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 )
 
 // Request says which modules to load from which tree into which kernel.
 type Request struct {
-	// Root is the host root ("/" or a test directory): /sys, /proc, /dev
-	// and lib/modules are read under it.
-	Root string
+	// Host is the running host: /sys/module, modules.dep and module
+	// signing are asked of it.
+	Host Host
 	// Release is the running kernel's release.
 	Release string
 	// Flags are the running kernel's vermagic flags; nil means unknown,
@@ -75,12 +76,12 @@ const (
 // planner resolves a Request into nodes in load order.
 type planner struct {
 	req      Request
-	tree     map[string]string   // driver tree module files by name
-	host     *hostIndex          // read on first need
-	modprobe map[string][]string // modprobe.d options by module
-	config   map[string][]string // configured parameters by module
-	enforced bool                // unsigned modules are refused
-	why      string              // why they are, for messages
+	tree     map[string]string     // driver tree module files by name
+	host     *hostinfo.ModuleIndex // read on first need
+	modprobe map[string][]string   // modprobe.d options by module
+	config   map[string][]string   // configured parameters by module
+	enforced bool                  // unsigned modules are refused
+	why      string                // why they are, for messages
 	state    map[string]int
 	byName   map[string]*node
 	nodes    []*node // load order
@@ -95,7 +96,7 @@ type planner struct {
 // or sysfs cannot be read; a configured module is not in the tree; a tree
 // module cannot be read as a plain .ko, names itself differently from its
 // file, or has a vermagic that does not match the running kernel; a tree
-// module is unsigned while Enforcement is on (wrapping ErrUnsigned); a
+// module is unsigned while module signing is enforced (wrapping ErrUnsigned); a
 // tree module is loaded in another version (wrapping ErrOtherVersion) or
 // is coming or going; the depends= fields form a cycle; or a dependency is
 // neither in the tree, loaded, built in nor in modules.dep. Errors name the
@@ -149,8 +150,8 @@ func boolRank(b bool) int {
 // those cannot be read.
 func newPlanner(req Request) (*planner, error) {
 	switch {
-	case req.Root == "":
-		return nil, errors.New("plan modules: Request.Root is empty")
+	case req.Host == nil:
+		return nil, errors.New("plan modules: Request.Host is nil")
 	case req.Release == "":
 		return nil, errors.New("plan modules: Request.Release is empty")
 	case req.TreeModules == "":
@@ -167,7 +168,7 @@ func newPlanner(req Request) (*planner, error) {
 	if p.config, err = configParams(req.Params); err != nil {
 		return nil, err
 	}
-	p.enforced, p.why = Enforcement(req.Root)
+	p.enforced, p.why = req.Host.ModuleSigning()
 	return p, nil
 }
 

@@ -252,7 +252,8 @@ func TestPlanRefusals(t *testing.T) {
 	})
 
 	t.Run("an incomplete request is refused", func(t *testing.T) {
-		for _, req := range []Request{{Release: "r", TreeModules: "t"}, {Root: "/", TreeModules: "t"}, {Root: "/", Release: "r"}} {
+		host := newFixture(t).host
+		for _, req := range []Request{{Release: "r", TreeModules: "t"}, {Host: host, TreeModules: "t"}, {Host: host, Release: "r"}} {
 			if _, err := Plan(req); err == nil {
 				t.Errorf("Plan(%+v) succeeded", req)
 			}

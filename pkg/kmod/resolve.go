@@ -2,9 +2,10 @@ package kmod
 
 import (
 	"fmt"
-	"path/filepath"
+	"path"
 	"strings"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 )
 
@@ -33,7 +34,7 @@ func (p *planner) treeNode(name, path string) (*node, error) {
 		}
 		n.deps = append(n.deps, dn)
 	}
-	sys, err := readSysModule(p.req.Root, name)
+	sys, err := readSysModule(p.req.Host, name)
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +57,7 @@ func (p *planner) treeNode(name, path string) (*node, error) {
 // loaded, or an error naming the module and path when its name= differs
 // from name, its vermagic is missing or does not match the running
 // kernel's release and flags (wrapping *modinfo.MismatchError), or it has
-// no signature while Enforcement is on (wrapping ErrUnsigned).
+// no signature while module signing is enforced (wrapping ErrUnsigned).
 func (p *planner) check(name, path string, info *modinfo.Info) error {
 	if info.Name != "" {
 		if own, err := normName(info.Name); err != nil || own != name {
@@ -85,7 +86,7 @@ func (p *planner) check(name, path string, info *modinfo.Info) error {
 // read, or the module is nowhere to be found.
 func (p *planner) hostNode(name, neededBy string) (*node, error) {
 	n := &node{step: Step{Name: name, InTree: true}}
-	sys, err := readSysModule(p.req.Root, name)
+	sys, err := readSysModule(p.req.Host, name)
 	if err != nil {
 		return nil, err
 	}
@@ -103,40 +104,40 @@ func (p *planner) hostNode(name, neededBy string) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	if idx.builtin[name] {
+	if idx.Builtin[name] {
 		n.step.Skipped = skippedBuiltIn
 		return n, nil
 	}
-	e, ok := idx.entries[name]
+	e, ok := idx.Entries[name]
 	if !ok {
 		return nil, fmt.Errorf("resolve module %s (needed by %s): not in the driver tree, not loaded, not built in, and not in %s",
 			name, neededBy, p.depFiles(idx))
 	}
-	n.step.Path, n.step.Params, n.deps = e.path, p.params(name), e.deps
+	n.step.Path, n.step.Params, n.deps = e.Path, p.params(name), e.Deps
 	return n, nil
 }
 
 // hostIndex returns the host's modules.dep index, reading it on first use.
-func (p *planner) hostIndex() (*hostIndex, error) {
+func (p *planner) hostIndex() (*hostinfo.ModuleIndex, error) {
 	if p.host != nil {
 		return p.host, nil
 	}
-	idx, err := readHostIndex(p.req.Root, p.req.Release)
+	idx, err := p.req.Host.ModuleIndex(p.req.Release)
 	if err != nil {
 		return nil, err
 	}
-	p.host = idx
-	return idx, nil
+	p.host = &idx
+	return p.host, nil
 }
 
 // depFiles names the modules.dep file searched, for messages.
-func (p *planner) depFiles(idx *hostIndex) string {
-	if idx.dir != "" {
-		return filepath.Join(idx.dir, "modules.dep")
+func (p *planner) depFiles(idx *hostinfo.ModuleIndex) string {
+	if idx.Dir != "" {
+		return p.req.Host.FS().Join(path.Join(idx.Dir, "modules.dep"))
 	}
-	var files []string
-	for _, dir := range hostModuleDirs(p.req.Root, p.req.Release) {
-		files = append(files, filepath.Join(dir, "modules.dep"))
+	files := make([]string, len(idx.Looked))
+	for i, f := range idx.Looked {
+		files[i] = p.req.Host.FS().Join(f)
 	}
 	return strings.Join(files, " or ")
 }

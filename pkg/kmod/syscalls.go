@@ -6,8 +6,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Kernel is the kernel module syscalls, faked in tests.
-type Kernel interface {
+// Syscalls are the module system calls kmod makes; LinuxSyscalls makes
+// them, tests fake them (kmodtest.Syscalls).
+type Syscalls interface {
 	// FinitModule loads the module open as f with the given parameters
 	// ("k=v k2=v2") and MODULE_INIT_* flags, as finit_module(2) does. It
 	// returns nil or the syscall's unix.Errno.
@@ -17,19 +18,18 @@ type Kernel interface {
 	DeleteModule(name string, flags int) error
 }
 
-// Syscalls is the real Kernel: it makes the system calls. They need
-// CAP_SYS_MODULE.
-type Syscalls struct{}
+// LinuxSyscalls makes the system calls. They need CAP_SYS_MODULE.
+type LinuxSyscalls struct{}
 
 // FinitModule calls finit_module(2) on f's descriptor. It returns nil or
 // the unix.Errno the kernel returned.
-func (Syscalls) FinitModule(f *os.File, params string, flags int) error {
+func (LinuxSyscalls) FinitModule(f *os.File, params string, flags int) error {
 	return unix.FinitModule(int(f.Fd()), params, flags)
 }
 
 // DeleteModule calls delete_module(2). It returns nil or the unix.Errno the
 // kernel returned.
-func (Syscalls) DeleteModule(name string, flags int) error {
+func (LinuxSyscalls) DeleteModule(name string, flags int) error {
 	return unix.DeleteModule(name, flags)
 }
 

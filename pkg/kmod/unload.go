@@ -3,10 +3,7 @@ package kmod
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"maps"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -39,14 +36,14 @@ type loadedModule struct {
 // those unloaded before an error. The error wraps ErrBusy, saying a reboot
 // is needed and naming the module, its refcnt and holders, when the refcnt
 // check fails, a module is coming or going, or the kernel answers EBUSY or
-// EAGAIN; it names the module otherwise: root is empty, sysfs cannot be
+// EAGAIN; it names the module otherwise: host is nil, sysfs cannot be
 // read, or delete_module fails. A module already gone (ENOENT) is passed
 // over without being listed.
-func Unload(k Kernel, root string, modules []string) ([]string, error) {
-	if root == "" {
-		return nil, errors.New("unload modules: root is empty")
+func Unload(k Syscalls, host Host, modules []string) ([]string, error) {
+	if host == nil {
+		return nil, errors.New("unload modules: no host")
 	}
-	set, err := unloadSet(root, modules)
+	set, err := unloadSet(host, modules)
 	if err != nil {
 		return nil, err
 	}
@@ -74,21 +71,20 @@ func Unload(k Kernel, root string, modules []string) ([]string, error) {
 }
 
 // unloadCandidates returns the normalised configured names and the names
-// in <root>/sys/module that are "nvidia" or start with "nvidia_", sorted
+// in /sys/module that are "nvidia" or start with "nvidia_", sorted
 // and without repeats. It returns an error for an invalid configured name
 // or when /sys/module exists but cannot be read.
-func unloadCandidates(root string, modules []string) ([]string, error) {
+func unloadCandidates(host Host, modules []string) ([]string, error) {
 	names, err := rootNames(modules)
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(root, "sys", "module")
-	entries, err := os.ReadDir(dir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	loaded, err := host.ModuleNames()
+	if err != nil {
 		return nil, fmt.Errorf("unload modules: %w", err)
 	}
-	for _, e := range entries {
-		if n := e.Name(); n == "nvidia" || strings.HasPrefix(n, "nvidia_") {
+	for _, n := range loaded {
+		if n == "nvidia" || strings.HasPrefix(n, "nvidia_") {
 			names = append(names, n)
 		}
 	}
@@ -99,14 +95,14 @@ func unloadCandidates(root string, modules []string) ([]string, error) {
 // unloadSet returns the loaded modules among unloadCandidates, by name,
 // with their refcnt and holders. It returns an error when sysfs cannot be
 // read, or one wrapping ErrBusy when a module is coming or going.
-func unloadSet(root string, modules []string) (map[string]loadedModule, error) {
-	names, err := unloadCandidates(root, modules)
+func unloadSet(host Host, modules []string) (map[string]loadedModule, error) {
+	names, err := unloadCandidates(host, modules)
 	if err != nil {
 		return nil, err
 	}
 	set := make(map[string]loadedModule)
 	for _, name := range names {
-		sys, err := readSysModule(root, name)
+		sys, err := readSysModule(host, name)
 		switch {
 		case err != nil:
 			return nil, fmt.Errorf("unload modules: %w", err)
@@ -115,11 +111,8 @@ func unloadSet(root string, modules []string) (map[string]loadedModule, error) {
 		case !sys.live():
 			return nil, fmt.Errorf("unload module %s: it is %s, not live; a reboot may be needed: %w", name, sys.initState, ErrBusy)
 		}
-		var m loadedModule
-		if m.refcnt, err = readRefcnt(root, name); err != nil {
-			return nil, fmt.Errorf("unload module %s: %w", name, err)
-		}
-		if m.holders, err = readHolders(root, name); err != nil {
+		m := loadedModule{holders: sys.holders}
+		if m.refcnt, err = refcntOf(name, sys); err != nil {
 			return nil, fmt.Errorf("unload module %s: %w", name, err)
 		}
 		set[name] = m

@@ -28,16 +28,16 @@ func TestUnload(t *testing.T) {
 	t.Run("modules are unloaded after their holders, unconfigured NVIDIA ones included", func(t *testing.T) {
 		f := newFixture(t)
 		loadedDriver(f)
-		k := &fakeKernel{t: t}
-		got, err := Unload(k, f.root, modules)
+		k := fakeKernel("", nil)
+		got, err := Unload(k, f.host, modules)
 		if err != nil {
 			t.Fatal(err)
 		}
 		want := []string{"nvidia_drm", "nvidia_modeset", "nvidia_peermem", "nvidia_uvm", "nvidia"}
-		if !slices.Equal(got, want) || !slices.Equal(k.deletes, want) {
-			t.Errorf("unloaded %v, deleted %v; want %v", got, k.deletes, want)
+		if !slices.Equal(got, want) || !slices.Equal(deleted(k), want) {
+			t.Errorf("unloaded %v, deleted %v; want %v", got, deleted(k), want)
 		}
-		for _, fl := range k.flags {
+		for _, fl := range deleteFlags(k) {
 			if fl != unix.O_NONBLOCK {
 				t.Errorf("delete_module flags %#x, want O_NONBLOCK", fl)
 			}
@@ -47,10 +47,10 @@ func TestUnload(t *testing.T) {
 	t.Run("nothing loaded unloads nothing", func(t *testing.T) {
 		f := newFixture(t)
 		f.builtin("i2c_core")
-		k := &fakeKernel{t: t}
-		got, err := Unload(k, f.root, modules)
-		if err != nil || got != nil || k.deletes != nil {
-			t.Errorf("Unload = %v, %v; deleted %v", got, err, k.deletes)
+		k := fakeKernel("", nil)
+		got, err := Unload(k, f.host, modules)
+		if err != nil || got != nil || deleted(k) != nil {
+			t.Errorf("Unload = %v, %v; deleted %v", got, err, deleted(k))
 		}
 	})
 
@@ -58,13 +58,13 @@ func TestUnload(t *testing.T) {
 		f := newFixture(t)
 		loadedDriver(f)
 		f.write("sys/module/nvidia_uvm/refcnt", "1\n") // a CUDA process
-		k := &fakeKernel{t: t}
-		got, err := Unload(k, f.root, modules)
+		k := fakeKernel("", nil)
+		got, err := Unload(k, f.host, modules)
 		if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "unload module nvidia_uvm: refcnt 1") || !strings.Contains(err.Error(), "reboot") {
 			t.Errorf("err %v, want ErrBusy naming nvidia_uvm and its refcnt", err)
 		}
-		if got != nil || k.deletes != nil {
-			t.Errorf("unloaded %v, deleted %v; want nothing", got, k.deletes)
+		if got != nil || deleted(k) != nil {
+			t.Errorf("unloaded %v, deleted %v; want nothing", got, deleted(k))
 		}
 	})
 
@@ -72,21 +72,21 @@ func TestUnload(t *testing.T) {
 		f := newFixture(t)
 		loadedDriver(f)
 		f.loaded("nvidia", "535.183.01", 4, "gdrdrv")
-		k := &fakeKernel{t: t}
-		_, err := Unload(k, f.root, modules)
+		k := fakeKernel("", nil)
+		_, err := Unload(k, f.host, modules)
 		if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "module gdrdrv uses it") {
 			t.Errorf("err %v, want ErrBusy naming gdrdrv", err)
 		}
-		if k.deletes != nil {
-			t.Errorf("deleted %v", k.deletes)
+		if deleted(k) != nil {
+			t.Errorf("deleted %v", deleted(k))
 		}
 	})
 
 	t.Run("EAGAIN from delete_module is ErrBusy", func(t *testing.T) {
 		f := newFixture(t)
 		loadedDriver(f)
-		k := &fakeKernel{t: t, errs: map[string]error{"nvidia_uvm": unix.EAGAIN}}
-		got, err := Unload(k, f.root, modules)
+		k := fakeKernel("", map[string]error{"nvidia_uvm": unix.EAGAIN})
+		got, err := Unload(k, f.host, modules)
 		if !errors.Is(err, ErrBusy) || !errors.Is(err, unix.EAGAIN) || !strings.Contains(err.Error(), "nvidia_uvm") {
 			t.Errorf("err %v, want ErrBusy wrapping EAGAIN", err)
 		}
@@ -98,8 +98,8 @@ func TestUnload(t *testing.T) {
 	t.Run("EBUSY from delete_module is ErrBusy", func(t *testing.T) {
 		f := newFixture(t)
 		loadedDriver(f)
-		k := &fakeKernel{t: t, errs: map[string]error{"nvidia_drm": unix.EBUSY}}
-		if _, err := Unload(k, f.root, modules); !errors.Is(err, ErrBusy) {
+		k := fakeKernel("", map[string]error{"nvidia_drm": unix.EBUSY})
+		if _, err := Unload(k, f.host, modules); !errors.Is(err, ErrBusy) {
 			t.Errorf("err %v, want ErrBusy", err)
 		}
 	})
@@ -107,8 +107,8 @@ func TestUnload(t *testing.T) {
 	t.Run("a module already gone is passed over", func(t *testing.T) {
 		f := newFixture(t)
 		loadedDriver(f)
-		k := &fakeKernel{t: t, errs: map[string]error{"nvidia_peermem": unix.ENOENT}}
-		got, err := Unload(k, f.root, modules)
+		k := fakeKernel("", map[string]error{"nvidia_peermem": unix.ENOENT})
+		got, err := Unload(k, f.host, modules)
 		if err != nil || slices.Contains(got, "nvidia_peermem") || len(got) != 4 {
 			t.Errorf("Unload = %v, %v", got, err)
 		}
@@ -118,8 +118,8 @@ func TestUnload(t *testing.T) {
 		f := newFixture(t)
 		loadedDriver(f)
 		markLoaded(t, f.root, "nvidia_uvm", "going", "")
-		k := &fakeKernel{t: t}
-		if _, err := Unload(k, f.root, modules); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "going") {
+		k := fakeKernel("", nil)
+		if _, err := Unload(k, f.host, modules); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "going") {
 			t.Errorf("err %v, want ErrBusy", err)
 		}
 	})

@@ -28,7 +28,10 @@ func (s setup) writeDropIn(r *Result) error {
 	if err != nil {
 		return err
 	}
-	p := filepath.Join(s.root, DropIn)
+	p, err := s.fs.Path(DropIn)
+	if err != nil {
+		return err
+	}
 	changed, err := atomicfile.Replace(p, content, 0o644)
 	if err != nil {
 		return err
@@ -43,8 +46,11 @@ func (s setup) writeDropIn(r *Result) error {
 // there was one. It returns an error when it cannot be removed or the
 // removal cannot be made durable.
 func (s setup) removeDropIn(r *Result) error {
-	p := filepath.Join(s.root, DropIn)
-	err := os.Remove(p)
+	p, err := s.fs.Path(DropIn)
+	if err != nil {
+		return err
+	}
+	err = os.Remove(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

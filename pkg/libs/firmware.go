@@ -26,8 +26,11 @@ func (s setup) setFirmware(r *Result) error {
 		r.FirmwareSkipped = fmt.Sprintf("the tree has no firmware directory %s", want)
 		return nil
 	}
-	param := filepath.Join(s.root, FirmwareParam)
-	data, err := os.ReadFile(param)
+	param, err := s.fs.Path(FirmwareParam)
+	if err != nil {
+		return err
+	}
+	data, err := s.fs.ReadFile(FirmwareParam, 4096)
 	if errors.Is(err, os.ErrNotExist) {
 		r.FirmwareSkipped = fmt.Sprintf("there is no firmware_class path parameter %s", param)
 		return nil

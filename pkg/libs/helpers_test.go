@@ -2,6 +2,7 @@ package libs
 
 import (
 	"fmt"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,10 +106,21 @@ func (h *host) ldRuns() []string {
 	return strings.Split(strings.TrimSpace(string(data)), "\n")
 }
 
+// hostTree opens the host tree at dir for the test.
+func hostTree(t testing.TB, dir string) *hostfs.Root {
+	t.Helper()
+	r, err := hostfs.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
 // config returns a Config activating driver's tree in mode on h.
 func (h *host) config(driver string, mode Mode) Config {
 	return Config{
-		Root:      h.root,
+		FS:        hostTree(h.t, h.root),
 		Store:     store,
 		Tree:      treeOf(driver),
 		Mode:      mode,

@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 )
 
 // ErrUnresolved is wrapped by the error Activate returns when a wanted
@@ -53,7 +51,7 @@ func (s setup) libDirs() ([]string, error) {
 	if point == "" {
 		point = filepath.Join(s.root, "/usr/lib64")
 	}
-	return uniq([]string{"/usr/lib64", point, hostinfo.HostPath(s.root, point)}), nil
+	return uniq([]string{"/usr/lib64", point, s.fs.Host(point)}), nil
 }
 
 // run runs argv and returns its standard output. It returns an error

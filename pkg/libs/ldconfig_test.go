@@ -123,7 +123,7 @@ func TestActivateLdconfig(t *testing.T) {
 
 func TestDefaults(t *testing.T) {
 	t.Run("ldconfig runs plain on the root / and chrooted with -r under another root", func(t *testing.T) {
-		s, err := Config{Store: store}.setup(false)
+		s, err := Config{FS: hostTree(t, "/"), Store: store}.setup(false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +131,7 @@ func TestDefaults(t *testing.T) {
 			t.Errorf("on /: %q", s.ldconfig)
 		}
 		h := newHost(t)
-		s, err = Config{Root: h.root, Store: store}.setup(false)
+		s, err = Config{FS: hostTree(t, h.root), Store: store}.setup(false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +141,7 @@ func TestDefaults(t *testing.T) {
 	})
 
 	t.Run("the mount table is this namespace's and the SONAMEs are libcuda and libnvidia-ml", func(t *testing.T) {
-		s, err := Config{Store: store}.setup(false)
+		s, err := Config{FS: hostTree(t, "/"), Store: store}.setup(false)
 		if err != nil {
 			t.Fatal(err)
 		}

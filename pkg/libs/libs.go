@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 )
 
 // Mode is how a tree's libraries reach the dynamic linker.
@@ -36,13 +36,13 @@ func DefaultWant() []string { return []string{"libcuda.so.1", "libnvidia-ml.so.1
 
 // Config says which tree to activate on which host, and how.
 type Config struct {
-	Root      string   // where the host is mounted; "" means "/"
-	Store     string   // host path of the store, e.g. /opt/nvidia (to recognise our overlays)
-	Tree      string   // host path of the tree to activate, e.g. /opt/nvidia/550.54.14/3815.2.0
-	Mode      Mode     // ModeOverlay or ModeLdconfig; Deactivate ignores it
-	Mountinfo string   // path of the mount table to read; "" means DefaultMountinfo
-	Ldconfig  []string // ldconfig command line prefix; nil means ldconfig, with -r <root> when Root is not "/"
-	Want      []string // SONAMEs that must resolve after ldconfig; nil means DefaultWant()
+	FS        *hostfs.Root // the host tree; every host path is resolved inside it
+	Store     string       // host path of the store, e.g. /opt/nvidia (to recognise our overlays)
+	Tree      string       // host path of the tree to activate, e.g. /opt/nvidia/550.54.14/3815.2.0
+	Mode      Mode         // ModeOverlay or ModeLdconfig; Deactivate ignores it
+	Mountinfo string       // path of the mount table to read; "" means DefaultMountinfo
+	Ldconfig  []string     // ldconfig command line prefix; nil means ldconfig, with -r <root> when the host is not "/"
+	Want      []string     // SONAMEs that must resolve after ldconfig; nil means DefaultWant()
 }
 
 // Result says what one call changed; a call that found everything in
@@ -126,41 +126,39 @@ func Deactivate(m Mounter, c Config) (Result, error) {
 
 // setup is a Config checked, with defaults filled in and paths resolved.
 type setup struct {
-	root      string   // real path of the host root in this namespace
-	storeHost string   // host path of the store
-	ours      []string // directories whose contents are ours: the store as a host path and as real paths
-	tree      string   // real path of the tree in this namespace; "" in Deactivate
-	treeHost  string   // host path of the tree's real path; "" in Deactivate
+	fs        *hostfs.Root // the host tree
+	root      string       // its directory in this namespace
+	storeHost string       // host path of the store
+	ours      []string     // directories whose contents are ours: the store as a host path and as real paths
+	tree      string       // real path of the tree in this namespace; "" in Deactivate
+	treeHost  string       // host path of the tree's real path; "" in Deactivate
 	mode      Mode
 	mountinfo string
 	ldconfig  []string
 	want      []string
 }
 
-// setup checks c and resolves its paths; withTree also requires and
-// resolves Tree and Mode. It returns an error when Root, Store or Tree is
-// not absolute, Store is "/", Root or Tree does not exist or does not
-// resolve, Tree does not lie inside Store, or Mode is unknown.
+// setup checks c and resolves its paths inside the host tree; withTree
+// also requires and resolves Tree and Mode. It returns an error when FS is
+// nil, Store or Tree is not absolute, Store is "/", Tree does not exist or
+// does not resolve, Tree does not lie inside Store, or Mode is unknown.
 func (c Config) setup(withTree bool) (setup, error) {
 	var s setup
-	rootDir := c.Root
-	if rootDir == "" {
-		rootDir = "/"
+	if c.FS == nil {
+		return s, errors.New("check config: no host tree")
 	}
-	if !filepath.IsAbs(rootDir) || !filepath.IsAbs(c.Store) {
-		return s, fmt.Errorf("check config: root %q and store %q must be absolute", rootDir, c.Store)
+	if !filepath.IsAbs(c.Store) {
+		return s, fmt.Errorf("check config: store %q must be absolute", c.Store)
 	}
-	root, err := filepath.EvalSymlinks(rootDir)
-	if err != nil {
-		return s, fmt.Errorf("resolve root %s: %w", rootDir, err)
-	}
+	s.fs = c.FS
+	root := c.FS.Dir()
 	s.root = root
 	s.storeHost = filepath.Clean(c.Store)
 	if s.storeHost == "/" {
 		return s, errors.New("check config: store is /")
 	}
-	storeJoined := filepath.Join(root, s.storeHost)
-	storeReal, err := resolveMaybe(storeJoined)
+	storeJoined := c.FS.Join(s.storeHost)
+	storeReal, err := c.FS.Path(s.storeHost)
 	if err != nil {
 		return s, err
 	}
@@ -187,7 +185,7 @@ func (c Config) setup(withTree bool) (setup, error) {
 		return s, fmt.Errorf("check config: unknown mode %q", c.Mode)
 	}
 	s.mode = c.Mode
-	s.tree, s.treeHost, err = resolveTree(root, storeReal, c.Tree)
+	s.tree, s.treeHost, err = resolveTree(c.FS, storeReal, c.Tree)
 	return s, err
 }
 
@@ -196,18 +194,14 @@ func (c Config) setup(withTree bool) (setup, error) {
 // absolute, does not resolve, resolves outside root, is not a directory,
 // or does not lie strictly inside storeReal (then its overlays would not be recognised as
 // ours later).
-func resolveTree(root, storeReal, tree string) (real, host string, err error) {
+func resolveTree(fs *hostfs.Root, storeReal, tree string) (real, host string, err error) {
 	if !filepath.IsAbs(tree) {
 		return "", "", fmt.Errorf("check config: tree %q must be absolute", tree)
 	}
-	real, err = filepath.EvalSymlinks(filepath.Join(root, tree))
-	if err != nil {
-		return "", "", fmt.Errorf("resolve tree %s: %w", tree, err)
+	if real, err = fs.Path(tree); err != nil {
+		return "", "", fmt.Errorf("resolve tree: %w", err)
 	}
-	if !hostinfo.Within(real, root) {
-		return "", "", fmt.Errorf("resolve tree %s: %s lies outside the root %s", tree, real, root)
-	}
-	if real == storeReal || !hostinfo.Within(real, storeReal) {
+	if real == storeReal || !hostfs.Within(real, storeReal) {
 		return "", "", fmt.Errorf("resolve tree %s: %s is not inside the store %s", tree, real, storeReal)
 	}
 	fi, err := os.Stat(real)
@@ -217,27 +211,14 @@ func resolveTree(root, storeReal, tree string) (real, host string, err error) {
 	if !fi.IsDir() {
 		return "", "", fmt.Errorf("resolve tree %s: %s is not a directory", tree, real)
 	}
-	return real, hostinfo.HostPath(root, real), nil
-}
-
-// resolveMaybe returns the real path of p, or p cleaned when p does not
-// exist. It returns an error when p exists but cannot be resolved.
-func resolveMaybe(p string) (string, error) {
-	real, err := filepath.EvalSymlinks(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return filepath.Clean(p), nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("resolve %s: %w", p, err)
-	}
-	return real, nil
+	return real, fs.Host(real), nil
 }
 
 // isOurs reports whether path p lies inside the store, in any of the forms
 // the store's paths take.
 func (s setup) isOurs(p string) bool {
 	for _, dir := range s.ours {
-		if hostinfo.Within(p, dir) {
+		if hostfs.Within(p, dir) {
 			return true
 		}
 	}

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 )
 
 // Mounter is mount(2)/umount2(2), faked in tests that only check calls.
@@ -143,14 +143,14 @@ func (s setup) layerDir(layer string) (string, error) {
 		return "", nil
 	}
 	p := filepath.Join(s.tree, layer)
-	real, err := filepath.EvalSymlinks(p)
-	if errors.Is(err, os.ErrNotExist) {
+	real, err := s.fs.Path(filepath.Join(s.treeHost, layer))
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Lstat(real); errors.Is(err, os.ErrNotExist) {
 		return "", nil
 	}
-	if err != nil {
-		return "", fmt.Errorf("resolve %s: %w", p, err)
-	}
-	if !hostinfo.Within(real, s.tree) {
+	if !hostfs.Within(real, s.tree) {
 		return "", fmt.Errorf("resolve %s: %s lies outside the tree", p, real)
 	}
 	fi, err := os.Stat(real)
@@ -168,32 +168,25 @@ func (s setup) layerDir(layer string) (string, error) {
 // when target is missing and create is not set, and an error when target
 // resolves outside the root or cannot be created.
 func (s setup) mountPoint(target string, create bool) (string, error) {
-	p := filepath.Join(s.root, target)
-	existing, missing := p, []string(nil)
-	for {
-		real, err := filepath.EvalSymlinks(existing)
-		if err == nil {
-			if !hostinfo.Within(real, s.root) {
-				return "", fmt.Errorf("resolve %s: %s lies outside the root %s", p, real, s.root)
-			}
-			if len(missing) == 0 {
-				return real, nil
-			}
-			if !create {
-				return "", nil
-			}
-			full := filepath.Join(append([]string{real}, missing...)...)
-			if err := os.MkdirAll(full, 0o755); err != nil {
-				return "", fmt.Errorf("create %s: %w", full, err)
-			}
-			return full, nil
-		}
-		if !errors.Is(err, os.ErrNotExist) || existing == s.root {
-			return "", fmt.Errorf("resolve %s: %w", p, err)
-		}
-		missing = append([]string{filepath.Base(existing)}, missing...)
-		existing = filepath.Dir(existing)
+	real, err := s.fs.Path(target)
+	if err != nil {
+		return "", err
 	}
+	fi, err := os.Stat(real)
+	switch {
+	case err == nil && fi.IsDir():
+		return real, nil
+	case err == nil:
+		return "", fmt.Errorf("resolve %s: %s is not a directory", s.fs.Join(target), real)
+	case !errors.Is(err, os.ErrNotExist):
+		return "", fmt.Errorf("resolve %s: %w", s.fs.Join(target), err)
+	case !create:
+		return "", nil
+	}
+	if err := os.MkdirAll(real, 0o755); err != nil {
+		return "", fmt.Errorf("create %s: %w", real, err)
+	}
+	return real, nil
 }
 
 // oursOnTop returns how many overlays of ours lie on top of stack (the

@@ -312,7 +312,7 @@ func TestDeactivate(t *testing.T) {
 		}
 		h.write(DropIn, "left by ldconfig mode\n")
 		m := h.mounter()
-		r, err := Deactivate(m, Config{Root: h.root, Store: store, Mountinfo: h.mountinfo, Ldconfig: h.ldconfig})
+		r, err := Deactivate(m, Config{FS: hostTree(t, h.root), Store: store, Mountinfo: h.mountinfo, Ldconfig: h.ldconfig})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -332,7 +332,7 @@ func TestDeactivate(t *testing.T) {
 	t.Run("changes nothing but the cache when nothing is active", func(t *testing.T) {
 		h := newHost(t)
 		m := h.mounter()
-		r, err := Deactivate(m, Config{Root: h.root, Store: store, Mountinfo: h.mountinfo, Ldconfig: h.ldconfig})
+		r, err := Deactivate(m, Config{FS: hostTree(t, h.root), Store: store, Mountinfo: h.mountinfo, Ldconfig: h.ldconfig})
 		if err != nil {
 			t.Fatal(err)
 		}

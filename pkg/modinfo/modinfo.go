@@ -246,6 +246,19 @@ func KernelName(name string) string {
 	return strings.ReplaceAll(name, "-", "_")
 }
 
+// CheckName returns name as KernelName spells it, surrounding white space
+// removed, or an error when the result is empty, "." or "..", or holds a
+// '/' or a NUL: no module is called that, and such a name would reach
+// outside /sys/module. It is the one rule for names that come from
+// configuration, modules.dep or a module's depends= field.
+func CheckName(name string) (string, error) {
+	n := KernelName(strings.TrimSpace(name))
+	if n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/\x00") {
+		return "", fmt.Errorf("invalid module name %q", name)
+	}
+	return n, nil
+}
+
 // ModuleName returns the kernel's name for a module file name: the name
 // without .ko, .ko.xz, .ko.zst or .ko.gz, dashes as underscores. ok is
 // false for a file name that is not a module's.

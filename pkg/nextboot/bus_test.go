@@ -1,4 +1,4 @@
-package updateengine
+package nextboot
 
 import (
 	"context"

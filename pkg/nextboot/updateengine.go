@@ -1,8 +1,8 @@
-// Package updateengine tells what the next boot of a host will run: on
+// Package nextboot tells what the next boot of a host will run: on
 // Flatcar and CoreOS Container Linux it follows update_engine over the
 // system D-Bus for a staged OS update; on other hosts KernelWatcher
 // reports kernels newly installed under /lib/modules.
-package updateengine
+package nextboot
 
 import (
 	"context"

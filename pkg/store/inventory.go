@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -90,23 +91,31 @@ func (t Tree) ModuleVersion(name, kernel string) string {
 	return ""
 }
 
-// ReadTree reads the tree at host path path on the host mounted at root
-// as Scan reads an installed tree, wherever it lies (a tree about to be
+// ReadTree reads the tree at host path path in host tree host as Scan
+// reads an installed tree, wherever it lies (a tree about to be
 // published, a staged one); driver and osVersion are recorded as given.
 // Unreadable modules and metadata are recorded in the Tree, and a missing
 // directory reads as a tree without modules.
-func ReadTree(root, path, driver, osVersion string) Tree {
-	return readTree(root, path, driver, osVersion)
+func ReadTree(host *hostfs.Root, path, driver, osVersion string) Tree {
+	real, err := host.Path(path)
+	if err != nil {
+		return Tree{Path: path, Driver: driver, OSVersion: osVersion, MetaErr: err}
+	}
+	return readTree(path, real, driver, osVersion)
 }
 
-// Scan reads the store at host path dir on the host mounted at root. A
+// Scan reads the store at host path dir in host tree host, resolved
+// inside it as Open resolves it. A
 // missing store is an empty inventory, not an error; an unreadable store
 // directory is an error. Unreadable modules and metadata are recorded in
 // the trees rather than failing the scan, so one bad tree cannot hide the
 // others.
-func Scan(root, dir string) (Inventory, error) {
+func Scan(host *hostfs.Root, dir string) (Inventory, error) {
 	inv := Inventory{Dir: dir}
-	fsDir := filepath.Join(root, dir)
+	fsDir, err := host.Path(dir)
+	if err != nil {
+		return inv, fmt.Errorf("scan store: %w", err)
+	}
 	drivers, err := os.ReadDir(fsDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return inv, nil
@@ -129,14 +138,14 @@ func Scan(root, dir string) (Inventory, error) {
 			}
 			for _, t := range trees {
 				if t.IsDir() && !strings.HasPrefix(t.Name(), ".") {
-					inv.Trees = append(inv.Trees, readTree(root, filepath.Join(dir, name, t.Name()), name, t.Name()))
+					inv.Trees = append(inv.Trees, readTree(filepath.Join(dir, name, t.Name()), filepath.Join(fsDir, name, t.Name()), name, t.Name()))
 				}
 			}
 		}
 	}
 	sort.Slice(inv.Trees, func(i, j int) bool { return inv.Trees[i].Path < inv.Trees[j].Path })
-	inv.Current = resolveLink(root, dir, CurrentLink, &inv)
-	inv.Previous = resolveLink(root, dir, PreviousLink, &inv)
+	inv.Current = resolveLink(fsDir, dir, CurrentLink, &inv)
+	inv.Previous = resolveLink(fsDir, dir, PreviousLink, &inv)
 	return inv, nil
 }
 
@@ -155,9 +164,9 @@ func stagingEntries(fsDir, dir string, inv *Inventory) []string {
 
 // resolveLink returns the host path a store link names, provided it names
 // an installed tree. A relative target is taken relative to the store; an
-// absolute one (as the original CoreOS installer wrote) relative to root.
-func resolveLink(root, dir, link string, inv *Inventory) string {
-	target, err := os.Readlink(filepath.Join(root, dir, link))
+// absolute one (as the original CoreOS installer wrote) as a host path.
+func resolveLink(fsDir, dir, link string, inv *Inventory) string {
+	target, err := os.Readlink(filepath.Join(fsDir, link))
 	if errors.Is(err, fs.ErrNotExist) {
 		return ""
 	}
@@ -177,10 +186,13 @@ func resolveLink(root, dir, link string, inv *Inventory) string {
 	return p
 }
 
-func readTree(root, path, driver, osVersion string) Tree {
+// maxMetaBytes bounds a tree's MetaFile read.
+const maxMetaBytes = 1 << 20
+
+// readTree reads the tree at host path path, found at real path fsPath.
+func readTree(path, fsPath, driver, osVersion string) Tree {
 	t := Tree{Path: path, Driver: driver, OSVersion: osVersion}
-	fsPath := filepath.Join(root, path)
-	if data, err := os.ReadFile(filepath.Join(fsPath, MetaFile)); err == nil {
+	if data, err := hostfs.ReadRegular(filepath.Join(fsPath, MetaFile), maxMetaBytes); err == nil {
 		var m Meta
 		if err := json.Unmarshal(data, &m); err != nil {
 			t.MetaErr = fmt.Errorf("read %s: %w", filepath.Join(path, MetaFile), err)
@@ -200,7 +212,7 @@ func readTree(root, path, driver, osVersion string) Tree {
 			continue
 		}
 		kdir := filepath.Join(path, "lib", "modules", k.Name())
-		fsKdir := filepath.Join(root, kdir)
+		fsKdir := filepath.Join(fsPath, "lib", "modules", k.Name())
 		_ = filepath.WalkDir(fsKdir, func(p string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() {
 				return nil // an unreadable sub-directory hides only its own modules

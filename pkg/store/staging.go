@@ -68,7 +68,7 @@ func (st *Staging) Root() (*os.Root, error) {
 // .staging, and driver and osVersion are what the tree will be committed
 // as. Unreadable modules and metadata are recorded in the Tree.
 func (st *Staging) Tree(driver, osVersion string) Tree {
-	return ReadTree(st.s.root, st.path, driver, osVersion)
+	return readTree(st.path, st.FSPath(), driver, osVersion)
 }
 
 // Commit makes the staged tree the installed tree

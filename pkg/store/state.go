@@ -4,8 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -72,12 +72,17 @@ func (st State) Reasons() map[string]string {
 	return out
 }
 
-// ReadState reads the state file of the store at host path dir under
-// root. A missing file is an empty State; an unreadable or corrupt one is
-// an error naming it.
-func ReadState(root, dir string) (State, error) {
-	p := filepath.Join(root, dir, StateFile)
-	data, err := os.ReadFile(p)
+// maxStateBytes bounds the state file read: it holds a few records.
+const maxStateBytes = 4 << 20
+
+// ReadState reads the state file of the store at host path dir in host
+// tree host, resolved inside it and read bounded (a state file that is a
+// link to /etc/shadow means the host's, never this machine's). A missing
+// file is an empty State; an unreadable or corrupt one is an error naming
+// it.
+func ReadState(host *hostfs.Root, dir string) (State, error) {
+	p := filepath.Join(dir, StateFile)
+	data, err := host.ReadFile(p, maxStateBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return State{}, nil
 	}
@@ -86,10 +91,13 @@ func ReadState(root, dir string) (State, error) {
 	}
 	var st State
 	if err := json.Unmarshal(data, &st); err != nil {
-		return State{}, fmt.Errorf("read state %s: %w", p, err)
+		return State{}, fmt.Errorf("read state %s: %w", host.Join(p), err)
 	}
 	return st, nil
 }
+
+// State reads the store's state file, as ReadState does.
+func (s *Store) State() (State, error) { return ReadState(s.host, s.dir) }
 
 // MarkBad records digest as an image that failed to activate. The state
 // file is replaced atomically. Call with the lock held.
@@ -113,7 +121,7 @@ func (s *Store) SetPrefetch(p Prefetch) error {
 
 // updateState reads the state file, applies change and replaces the file.
 func (s *Store) updateState(change func(*State)) error {
-	st, err := ReadState(s.root, s.dir)
+	st, err := s.State()
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/atomicfile"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,9 +39,9 @@ const lockFile = ".lock"
 // Store is a driver store opened for writing. Its methods are not safe for
 // concurrent use; between processes, the writer holds the store's Lock.
 type Store struct {
-	root  string            // where the host is mounted
+	host  *hostfs.Root      // the host tree
 	dir   string            // host path of the store
-	fsDir string            // real path of the store on this machine
+	fsDir string            // real path of the store on this machine, resolved inside the host tree
 	hook  func(step string) // called at each Step; nil in production
 }
 
@@ -54,17 +55,22 @@ func WithHook(hook func(step string)) Option {
 	return func(s *Store) { s.hook = hook }
 }
 
-// Open opens the store at host path dir on the host mounted at root,
+// Open opens the store at host path dir in host tree host (symlinks along
+// dir followed inside it: /opt -> /var/opt puts the store in
+// <root>/var/opt/nvidia),
 // creating dir (mode 0755) and its staging directory (mode 0700, as
 // nothing in it is meant to be used) when missing. It returns an error
 // when dir is not absolute, when either directory cannot be created, or
 // when the staging path is taken by something other than a directory.
-func Open(root, dir string, opts ...Option) (*Store, error) {
+func Open(host *hostfs.Root, dir string, opts ...Option) (*Store, error) {
 	if !filepath.IsAbs(dir) {
 		return nil, fmt.Errorf("open store %s: path is not absolute", dir)
 	}
-	s := &Store{root: root, dir: filepath.Clean(dir)}
-	s.fsDir = filepath.Join(root, s.dir)
+	s := &Store{host: host, dir: filepath.Clean(dir)}
+	var err error
+	if s.fsDir, err = host.Path(s.dir); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
 	for _, opt := range opts {
 		opt(s)
 	}
@@ -80,8 +86,30 @@ func Open(root, dir string, opts ...Option) (*Store, error) {
 // Dir returns the host path of the store.
 func (s *Store) Dir() string { return s.dir }
 
-// fs returns the real path of host path p.
-func (s *Store) fs(p string) string { return filepath.Join(s.root, p) }
+// fs returns the real path of host path p: below the store, p's place
+// under the store's resolved directory (entries of the store are the
+// store's own and are not resolved again); elsewhere p resolved inside
+// the host tree.
+func (s *Store) fs(p string) string {
+	if real, ok := fsPath(s.dir, s.fsDir, p); ok {
+		return real
+	}
+	real, err := s.host.Path(p)
+	if err != nil {
+		return s.host.Join(p) // the error shows when real is used
+	}
+	return real
+}
+
+// fsPath maps host path p below the store at host path dir, found at real
+// path fsDir, to its real path; ok is false when p is not below dir.
+func fsPath(dir, fsDir, p string) (string, bool) {
+	if !hostfs.Within(p, dir) {
+		return "", false
+	}
+	rel, _ := filepath.Rel(dir, p)
+	return filepath.Join(fsDir, rel), true
+}
 
 // stagingDir returns the host path of the staging directory.
 func (s *Store) stagingDir() string { return filepath.Join(s.dir, StagingDir) }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
+
 	"github.com/google/go-containerregistry/pkg/registry"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
@@ -131,7 +133,12 @@ func TestInstallFromOCILayout(t *testing.T) {
 func TestInstallRefusals(t *testing.T) {
 	t.Run("a second writer is told who holds the store", func(t *testing.T) {
 		root := host(t, "flatcar-updated")
-		s, err := store.Open(root, "/opt/nvidia")
+		tree, err := hostfs.Open(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tree.Close()
+		s, err := store.Open(tree, "/opt/nvidia")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -139,7 +139,7 @@ func (d *Daemon) Stop() {
 // Dial opens an authenticated connection to the bus, closed when ctx ends.
 func (b *Bus) Dial(ctx context.Context) (*dbus.Conn, error) { return Dial(ctx, b.addr) }
 
-// Connect is Dial without a context, shaped for updateengine.Watcher.
+// Connect is Dial without a context, shaped for nextboot.Watcher.
 func (b *Bus) Connect() (*dbus.Conn, error) { return Dial(context.Background(), b.addr) }
 
 // Dial opens an authenticated connection to the bus at addr, closed when

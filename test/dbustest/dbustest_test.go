@@ -129,7 +129,7 @@ func TestNotifySocketHidden(t *testing.T) {
 	}
 }
 
-// status has the shape of updateengine.Status.
+// status has the shape of nextboot.Status.
 type status struct {
 	LastCheckedTime int64
 	Progress        float64

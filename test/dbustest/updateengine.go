@@ -7,8 +7,8 @@ import (
 	"github.com/godbus/dbus/v5"
 )
 
-// update_engine's D-Bus names, written out: pkg/updateengine's own tests
-// use this package, so it cannot import pkg/updateengine.
+// update_engine's D-Bus names, written out: pkg/nextboot's own tests
+// use this package, so it cannot import pkg/nextboot.
 const (
 	engineName   = "com.coreos.update1"
 	enginePath   = dbus.ObjectPath("/com/coreos/update1")
@@ -16,7 +16,7 @@ const (
 	engineSignal = engineIface + ".StatusUpdate"
 )
 
-// EngineStatus is satisfied by updateengine.Status.
+// EngineStatus is satisfied by nextboot.Status.
 type EngineStatus interface{ ~engineStatus }
 
 // engineStatus is update_engine's status, in the order GetStatus and

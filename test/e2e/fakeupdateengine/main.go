@@ -17,7 +17,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/updateengine"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/nextboot"
 )
 
 type manager struct {
@@ -36,7 +36,7 @@ func (m *manager) GetStatus() (int64, float64, string, string, int64, *dbus.Erro
 }
 
 func progress(op string) float64 {
-	if op == updateengine.StatusUpdatedNeedReboot {
+	if op == nextboot.StatusUpdatedNeedReboot {
 		return 1
 	}
 	return 0
@@ -46,7 +46,7 @@ func (m *manager) set(conn *dbus.Conn, op, version string) error {
 	m.mu.Lock()
 	m.op, m.version = op, version
 	m.mu.Unlock()
-	return conn.Emit(updateengine.ObjectPath, updateengine.Interface+".StatusUpdate",
+	return conn.Emit(nextboot.ObjectPath, nextboot.Interface+".StatusUpdate",
 		time.Now().Unix(), progress(op), op, version, m.size)
 }
 
@@ -61,17 +61,17 @@ func main() {
 	if err != nil {
 		log.Fatalf("system bus: %v", err)
 	}
-	m := &manager{op: updateengine.StatusIdle, size: 512 << 20}
-	if err := conn.Export(m, updateengine.ObjectPath, updateengine.Interface); err != nil {
+	m := &manager{op: nextboot.StatusIdle, size: 512 << 20}
+	if err := conn.Export(m, nextboot.ObjectPath, nextboot.Interface); err != nil {
 		log.Fatal(err)
 	}
-	reply, err := conn.RequestName(updateengine.BusName, dbus.NameFlagDoNotQueue)
+	reply, err := conn.RequestName(nextboot.BusName, dbus.NameFlagDoNotQueue)
 	if err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
-		log.Fatalf("own %s: reply %v, %v", updateengine.BusName, reply, err)
+		log.Fatalf("own %s: reply %v, %v", nextboot.BusName, reply, err)
 	}
 	fmt.Println("fake update_engine on the system bus")
 	time.Sleep(*after)
-	for _, op := range []string{updateengine.StatusDownloading, updateengine.StatusUpdatedNeedReboot} {
+	for _, op := range []string{nextboot.StatusDownloading, nextboot.StatusUpdatedNeedReboot} {
 		if err := m.set(conn, op, *version); err != nil {
 			log.Fatal(err)
 		}
