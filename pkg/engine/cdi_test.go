@@ -263,3 +263,31 @@ func openHost(t *testing.T, root string) *hostinfo.Host {
 	t.Cleanup(func() { h.Close() })
 	return h
 }
+
+func TestCDISpecFollowsVarRunInsideTheRoot(t *testing.T) {
+	// Debian, Ubuntu and Flatcar have /var/run -> /run (or ../run): the
+	// spec must land in the host's /run, never this machine's.
+	local := filepath.Join("/run/cdi", cdi.SpecFile)
+	_, err := os.Lstat(local)
+	existed := err == nil
+	root, a, _ := cdiHost(t, "/var/run/cdi", "3815.2.0")
+	for _, d := range []string{"run", "var"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("/run", filepath.Join(root, "var/run")); err != nil {
+		t.Fatal(err)
+	}
+	act := cdiActivate(t, root, a, "/opt/nvidia/"+cdiDriver+"/3815.2.0")
+	want := filepath.Join(root, "run/cdi", cdi.SpecFile)
+	if act.CDI != want {
+		t.Errorf("spec written to %q, want %q", act.CDI, want)
+	}
+	if _, err := os.Stat(want); err != nil {
+		t.Error(err)
+	}
+	if _, err := os.Lstat(local); (err == nil) != existed {
+		t.Errorf("this machine's %s appeared", local)
+	}
+}

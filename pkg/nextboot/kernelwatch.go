@@ -7,19 +7,22 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
+	"path"
 	"strings"
 	"time"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
-// moduleDirs are where kernels keep their modules, relative to the root.
-var moduleDirs = []string{"lib/modules", "usr/lib/modules"}
+// moduleDirs are where kernels keep their modules (host paths).
+var moduleDirs = hostinfo.ModuleDirs
 
 // bootDir holds vmlinuz-<release> on most distributions.
-const bootDir = "boot"
+const bootDir = "/boot"
 
 // depFile is written by depmod, the last step of a kernel's installation.
 const depFile = "modules.dep"
@@ -29,7 +32,8 @@ const depFile = "modules.dep"
 // usr/lib/modules) exists: depmod writes it when the kernel's package is
 // complete, so a half-installed kernel is not reported.
 type KernelWatcher struct {
-	// Root is where the host is mounted.
+	// Root is where the host is mounted; every path is resolved inside
+	// it (hostfs).
 	Root string
 	// Since, when set, makes Watch also report releases complete at its
 	// start whose modules.dep changed after Since (installed since boot,
@@ -59,6 +63,7 @@ const (
 // kernelWatch is the state of one Watch.
 type kernelWatch struct {
 	w        *KernelWatcher
+	fs       *hostfs.Root // the host tree; nil when it cannot be opened
 	log      *zap.Logger
 	fd       int               // inotify; -1 when unavailable
 	wds      map[int32]watched // by watch descriptor
@@ -94,6 +99,14 @@ func (w *KernelWatcher) Watch(ctx context.Context) <-chan string {
 }
 
 func (k *kernelWatch) run(ctx context.Context) {
+	fs, err := hostfs.Open(k.w.Root)
+	if err != nil {
+		k.log.Error("kernel watch: cannot open the host; not following new kernels", zap.Error(err))
+		<-ctx.Done()
+		return
+	}
+	defer fs.Close()
+	k.fs = fs
 	events := make(chan []event, 16)
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
@@ -210,20 +223,20 @@ func (k *kernelWatch) handle(ctx context.Context, ev event) {
 // them, and /boot, where not watched yet.
 func (k *kernelWatch) addWatches() {
 	for _, d := range moduleDirs {
-		k.watch(filepath.Join(k.w.Root, d), watched{kind: watchModules},
+		k.watch(k.path(d), watched{kind: watchModules},
 			unix.IN_CREATE|unix.IN_MOVED_TO|unix.IN_ONLYDIR)
 		for _, rel := range k.releases(d) {
 			k.watchRelease(rel)
 		}
 	}
-	k.watch(filepath.Join(k.w.Root, bootDir), watched{kind: watchBoot},
+	k.watch(k.path(bootDir), watched{kind: watchBoot},
 		unix.IN_CREATE|unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE|unix.IN_ONLYDIR)
 }
 
 // watchRelease watches the release's directories for modules.dep.
 func (k *kernelWatch) watchRelease(rel string) {
 	for _, d := range moduleDirs {
-		k.watch(filepath.Join(k.w.Root, d, rel), watched{kind: watchRelease, release: rel},
+		k.watch(k.path(d, rel), watched{kind: watchRelease, release: rel},
 			unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE|unix.IN_ONLYDIR)
 	}
 }
@@ -234,8 +247,8 @@ func (k *kernelWatch) watch(dir string, what watched, mask uint32) {
 	if k.fd < 0 {
 		return
 	}
-	p, err := filepath.EvalSymlinks(dir)
-	if err != nil || k.dirs[p] {
+	p := dir
+	if p == "" || k.dirs[p] {
 		return
 	}
 	wd, err := unix.InotifyAddWatch(k.fd, p, mask)
@@ -254,10 +267,10 @@ func (k *kernelWatch) watch(dir string, what watched, mask uint32) {
 
 // releases lists the release directories in the module directory d.
 func (k *kernelWatch) releases(d string) []string {
-	entries, err := os.ReadDir(filepath.Join(k.w.Root, d))
+	entries, err := k.fs.ReadDir(d)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
-			k.log.Warn("kernel watch: cannot read", zap.String("dir", "/"+d), zap.Error(err))
+			k.log.Warn("kernel watch: cannot read", zap.String("dir", d), zap.Error(err))
 		}
 		return nil
 	}
@@ -308,12 +321,22 @@ func (k *kernelWatch) check(ctx context.Context, rel string) {
 // exists as a regular file.
 func (k *kernelWatch) depTime(rel string) (time.Time, bool) {
 	for _, d := range moduleDirs {
-		fi, err := os.Stat(filepath.Join(k.w.Root, d, rel, depFile))
+		fi, err := k.fs.Stat(path.Join(d, rel, depFile))
 		if err == nil && fi.Mode().IsRegular() {
 			return fi.ModTime(), true
 		}
 	}
 	return time.Time{}, false
+}
+
+// path resolves the host path made of parts inside the host tree; "" when
+// it cannot be resolved.
+func (k *kernelWatch) path(parts ...string) string {
+	p, err := k.fs.Path(path.Join(parts...))
+	if err != nil {
+		return ""
+	}
+	return p
 }
 
 // validRelease rejects names that are not a kernel release directory.
