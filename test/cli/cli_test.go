@@ -348,3 +348,44 @@ func TestHelp(t *testing.T) {
 		}
 	})
 }
+
+func TestUsageErrors(t *testing.T) {
+	// Usage errors are found before any host file is read, so no --root.
+	for _, tc := range []struct{ args, want string }{
+		{"bogus", `unknown command "bogus" for "nvidia-driverd"`},
+		{"stauts", `unknown command "stauts" for "nvidia-driverd"; did you mean "status"?`},
+		{"--jsn status", "unknown flag: --jsn"},
+		{"status --jsn", "unknown flag: --jsn"},
+		{"status extra", `unknown command "extra" for "nvidia-driverd status"`},
+		{"publish", "accepts 1 arg(s), received 0"},
+		{"publish a b", "accepts 1 arg(s), received 2"},
+		{"cdi-hook bogus", `unknown command "bogus" for "nvidia-driverd cdi-hook"`},
+		{"cdi-hook update-ldcache extra", `unknown command "extra" for "nvidia-driverd cdi-hook update-ldcache"`},
+		{"completion bogus", `unknown command "bogus" for "nvidia-driverd completion"`},
+		{"help bogus", `unknown command "bogus" for "nvidia-driverd"`},
+	} {
+		t.Run(tc.args+" exits 2 and says so once", func(t *testing.T) {
+			r := run(t, nil, strings.Fields(tc.args)...)
+			if r.code != 2 || r.stdout != "" || r.stderr != "nvidia-driverd: "+tc.want+"\n" {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit 2 and stderr %q", r.code, r.stdout, r.stderr, "nvidia-driverd: "+tc.want+"\n")
+			}
+		})
+	}
+	for _, args := range []string{"", "cdi-hook", "completion", "help status"} {
+		t.Run(strings.TrimSpace("nvidia-driverd "+args)+" still prints help and exits 0", func(t *testing.T) {
+			r := run(t, nil, strings.Fields(args)...)
+			if r.code != 0 || !strings.Contains(r.stdout, "Usage:") || r.stderr != "" {
+				t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+			}
+		})
+	}
+	t.Run("an error from the host is printed once too", func(t *testing.T) {
+		root := host(t, "flatcar-ready")
+		os.Remove(filepath.Join(root, "etc/os-release"))
+		os.Remove(filepath.Join(root, "usr/lib/os-release"))
+		r := run(t, nil, "--root", root, "status")
+		if r.code != 1 || strings.Count(r.stderr, "read os-release") != 1 {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+	})
+}
