@@ -389,3 +389,34 @@ func TestUsageErrors(t *testing.T) {
 		}
 	})
 }
+
+func TestTagTemplate(t *testing.T) {
+	const fields = "the fields are .OSID, .OSVersion, .BuildID, .DriverVersion, .KernelRelease"
+	check := func(t *testing.T, r result, want ...string) {
+		t.Helper()
+		if r.code != 2 || r.stdout != "" || strings.Contains(r.stderr, "source.") || strings.Contains(r.stderr, "Vars") {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		for _, w := range want {
+			if !strings.Contains(r.stderr, w) {
+				t.Errorf("missing %q in %s", w, r.stderr)
+			}
+		}
+	}
+	t.Run("an unknown field in --tag-template is named, with the fields there are", func(t *testing.T) {
+		r := run(t, nil, "--root", host(t, "flatcar-ready"), "--tag-template", "{{.Foo}}", "config")
+		check(t, r, `--tag-template: parse tag template "{{.Foo}}": unknown field .Foo; `+fields+"\n")
+	})
+	t.Run("one in the config file is named with its line, before anything runs", func(t *testing.T) {
+		root := host(t, "flatcar-ready")
+		cfg := filepath.Join(root, "etc/nvidia-driverd/config.yaml")
+		if err := os.WriteFile(cfg, []byte("driver-version: 550.54.14\ntag-template: '{{.OSVersion}}-{{.Driver}}'\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		check(t, run(t, nil, "--root", root, "plan"), cfg, "line 2", "unknown field .Driver; "+fields)
+	})
+	t.Run("a template that fails when run says where, without Go types", func(t *testing.T) {
+		r := run(t, []string{"NVIDIA_DRIVERD_TAG_TEMPLATE={{len .}}"}, "--root", host(t, "flatcar-ready"), "plan")
+		check(t, r, "NVIDIA_DRIVERD_TAG_TEMPLATE", `at <len .>`)
+	})
+}
