@@ -47,7 +47,7 @@ fixtures: ## Fetch a real Debian kernel module and Debian's registry server for 
 test: deps fixtures ## Run every test with the race detector (the README's test command)
 	NVIDIA_DRIVERD_REAL_MODULES=$(REAL_MODULES) NVIDIA_DRIVERD_DISTRIBUTION=$(DISTRIBUTION)/docker-registry \
 		NVIDIA_DRIVERD_REQUIRE_FIXTURES=1 \
-		$(GO) test -race -count=1 ./...
+		$(GO) test -race -count=1 -timeout 20m ./...
 
 # test-unit runs what an unprivileged user without network can: it clears
 # the fixture variables (those tests skip), leaves out the packages whose
@@ -77,7 +77,7 @@ BENCH_FLAGS ?=
 
 .PHONY: bench
 bench: build ## Run the Go benchmarks, then the install benchmark (BENCH_RUNS=5, BENCH_FLAGS=-check)
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...
 	$(GO) run ./test/bench/install -bin $(BIN) -runs $(BENCH_RUNS) $(BENCH_FLAGS)
 
 .PHONY: fuzz
@@ -85,7 +85,7 @@ fuzz: ## Run each fuzzer for FUZZTIME (default 15s)
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "fuzz $$pkg $$fn"; \
-		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -timeout 10m $$pkg || exit 1; \
 	done
 
 .PHONY: demo
@@ -101,7 +101,7 @@ e2e: e2e-cli e2e-vm ## All end-to-end tests: the binary against fixture hosts, t
 
 .PHONY: e2e-cli
 e2e-cli: build ## Run the built binary end to end against fixture hosts
-	NVIDIA_DRIVERD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 ./test/...
+	NVIDIA_DRIVERD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 10m ./test/...
 
 .PHONY: e2e-vm
 e2e-vm: ## Boot a Debian VM (qemu, no KVM needed) and run every scenario in it (root; SCENARIOS=... for some)
