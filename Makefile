@@ -47,11 +47,28 @@ fixtures: ## Fetch a real Debian kernel module and Debian's registry server for 
 test: deps fixtures ## Run every test with the race detector (the README's test command)
 	NVIDIA_DRIVERD_REAL_MODULES=$(REAL_MODULES) NVIDIA_DRIVERD_DISTRIBUTION=$(DISTRIBUTION)/docker-registry \
 		NVIDIA_DRIVERD_REQUIRE_FIXTURES=1 \
-		$(GO) test -race -count=1 ./...
+		$(GO) test -race -count=1 -timeout 20m ./...
+
+# test-unit runs what an unprivileged user without network can: it clears
+# the fixture variables (those tests skip), leaves out the packages whose
+# tests nearly all make device nodes (root) or start a dbus-daemon, and
+# skips the other tests that do, or that mount (root). make test runs them.
+UNIT_LEAVE_OUT := pkg/daemon test/dbustest
+UNIT_SKIP := ^(TestDevices|TestCDI|TestGenerateErrors|TestGenerateInject|TestSpecVersionIsMinimal|TestWriteIsIdempotentAndRemove|TestWriteNeedsNoTempDir|TestActivateWritesCDISpec|TestActivateWithoutCDIDir|TestActivateCDIStepFails|TestLdconfigModeWithRealLdconfig|TestOverlayInMountNamespace|TestOverlayInMountNamespaceChild|TestWatch|TestUnitsStart|TestUnitsStop|TestUnitsActiveState|TestUnitsReconnect)$$
+
+.PHONY: test-unit
+test-unit: ## Run the tests that need no root, network, fixtures, dbus-daemon or VM (quick)
+	env -u NVIDIA_DRIVERD_REQUIRE_FIXTURES -u NVIDIA_DRIVERD_REAL_MODULES -u NVIDIA_DRIVERD_DISTRIBUTION -u NVIDIA_DRIVERD_BIN \
+		$(GO) test -count=1 -short -timeout 5m -skip '$(UNIT_SKIP)' \
+		$$($(GO) list ./... | grep -v $(foreach p,$(UNIT_LEAVE_OUT),-e '/$(p)$$'))
+
+# Every folder with Go files; they are all in the one module, so go vet
+# ./... covers them too.
+GO_DIRS := cmd pkg test deploy systemd
 
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck
-	@out=$$(gofmt -l cmd pkg test); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $(GO_DIRS)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
@@ -64,7 +81,7 @@ BENCH_FLAGS ?=
 
 .PHONY: bench
 bench: build ## Run the Go benchmarks, then the install benchmark (BENCH_RUNS=5, BENCH_FLAGS=-check)
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...
 	$(GO) run ./test/bench/install -bin $(BIN) -runs $(BENCH_RUNS) $(BENCH_FLAGS)
 
 .PHONY: fuzz
@@ -72,7 +89,7 @@ fuzz: ## Run each fuzzer for FUZZTIME (default 15s)
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "fuzz $$pkg $$fn"; \
-		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -timeout 10m $$pkg || exit 1; \
 	done
 
 .PHONY: demo
@@ -88,7 +105,7 @@ e2e: e2e-cli e2e-vm ## All end-to-end tests: the binary against fixture hosts, t
 
 .PHONY: e2e-cli
 e2e-cli: build ## Run the built binary end to end against fixture hosts
-	NVIDIA_DRIVERD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 ./test/...
+	NVIDIA_DRIVERD_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 10m ./test/...
 
 .PHONY: e2e-vm
 e2e-vm: ## Boot a Debian VM (qemu, no KVM needed) and run every scenario in it (root; SCENARIOS=... for some)

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -42,6 +45,11 @@ the file.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.HasSubCommands() {
+				// A command that only groups others prints its help
+				// and needs no configuration.
+				return nil
+			}
 			return g.setup(cmd)
 		},
 	}
@@ -73,7 +81,74 @@ the file.`,
 		newConfigCommand(g),
 		newVersionCommand(g),
 	)
+	// cobra adds its help and completion commands when it runs; add them
+	// now so that the walk below covers them too.
+	cmd.InitDefaultHelpCmd()
+	cmd.InitDefaultCompletionCmd()
+	for _, sub := range cmd.Commands() {
+		if sub.Name() == "help" {
+			sub.Args = helpTopic
+		}
+	}
+	usageErrors(cmd)
 	return cmd
+}
+
+// usageErrors makes cmd and every command under it report wrong arguments
+// (an unknown command, too many or too few arguments) as usage errors,
+// which exit 2 like bad flags, and leaves printing errors to main.
+func usageErrors(cmd *cobra.Command) {
+	cmd.SilenceErrors, cmd.SilenceUsage = true, true
+	check := cmd.Args
+	if cmd.HasSubCommands() && !cmd.Runnable() {
+		// cobra prints the help of a command that only groups others
+		// whatever its arguments, and exits 0. Running it instead makes
+		// cobra check its arguments: one that is not a subcommand is an
+		// error, none prints the help as before.
+		check = unknownCommand
+		cmd.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	}
+	if check == nil {
+		check = cobra.ArbitraryArgs
+	}
+	cmd.Args = func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+	for _, sub := range cmd.Commands() {
+		usageErrors(sub)
+	}
+}
+
+// unknownCommand is the argument check of a command that only groups
+// others: any argument names a subcommand that does not exist.
+func unknownCommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's default
+	}
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 && !cmd.DisableSuggestions {
+		for i := range s {
+			s[i] = strconv.Quote(s[i])
+		}
+		msg += "; did you mean " + strings.Join(s, " or ") + "?"
+	}
+	return errors.New(msg)
+}
+
+// helpTopic is the argument check of the help command: the arguments must
+// name a command.
+func helpTopic(cmd *cobra.Command, args []string) error {
+	topic, rest, err := cmd.Root().Find(args)
+	if err != nil {
+		return err
+	}
+	return unknownCommand(topic, rest)
 }
 
 // setup validates the global flags, loads the configuration and builds the

@@ -9,8 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"reflect"
+	"regexp"
 	"strings"
 	"text/template"
+	"text/template/parse"
 
 	"github.com/google/go-containerregistry/pkg/name"
 )
@@ -46,13 +49,16 @@ var sampleVars = Vars{
 // ParseTemplate parses a tag template and renders it once with sample values,
 // so that a misspelt field or a template yielding an invalid tag is reported
 // when the configuration is read rather than at the first fetch. It returns
-// an error for a syntax error, an unknown field, or a sample result that is
-// not a valid OCI tag.
+// an error for a syntax error, an unknown field (naming the fields there
+// are), or a sample result that is not a valid OCI tag.
 func ParseTemplate(text string) (*Template, error) {
 	if strings.TrimSpace(text) == "" {
 		return nil, errors.New("tag template is empty")
 	}
 	tmpl, err := template.New("tag").Option("missingkey=error").Parse(text)
+	if err == nil {
+		err = checkFields(tmpl)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("parse tag template %q: %w", text, err)
 	}
@@ -72,7 +78,7 @@ func (t *Template) String() string { return t.text }
 func (t *Template) Render(v Vars) (string, error) {
 	var buf bytes.Buffer
 	if err := t.tmpl.Execute(&buf, v); err != nil {
-		return "", fmt.Errorf("render tag template %q: %w", t.text, err)
+		return "", fmt.Errorf("render tag template %q: %s", t.text, execError(err))
 	}
 	for _, f := range t.usedFields() {
 		if f.value(v) == "" {
@@ -98,6 +104,115 @@ var fields = []field{
 	{"DriverVersion", func(v Vars) string { return v.DriverVersion }},
 	{"KernelRelease", func(v Vars) string { return v.KernelRelease }},
 }
+
+// checkFields returns an error naming the first field tmpl uses that Vars
+// lacks, and the fields there are. Every field of Vars is a string, so a
+// field of a field (.OSID.Foo) does not exist either. Fields of a dot that
+// with or range changed are left to the dry run.
+func checkFields(tmpl *template.Template) error {
+	for _, t := range tmpl.Templates() {
+		if t.Tree == nil {
+			continue
+		}
+		if err := checkNode(t.Root); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkNode(n parse.Node) error {
+	var kids []parse.Node
+	switch n := n.(type) {
+	case *parse.ListNode:
+		if n != nil {
+			kids = n.Nodes
+		}
+	case *parse.ActionNode:
+		kids = []parse.Node{n.Pipe}
+	case *parse.TemplateNode:
+		kids = []parse.Node{n.Pipe}
+	case *parse.IfNode:
+		kids = []parse.Node{n.Pipe, n.List, n.ElseList}
+	case *parse.RangeNode:
+		kids = []parse.Node{n.Pipe, n.List, n.ElseList}
+	case *parse.WithNode:
+		kids = []parse.Node{n.Pipe, n.List, n.ElseList}
+	case *parse.PipeNode:
+		if n != nil {
+			for _, c := range n.Cmds {
+				kids = append(kids, c)
+			}
+		}
+	case *parse.CommandNode:
+		kids = n.Args
+	case *parse.FieldNode:
+		return checkPath(n.Ident)
+	case *parse.VariableNode:
+		if n.Ident[0] == "$" { // $ is always the Vars
+			return checkPath(n.Ident[1:])
+		}
+	case *parse.ChainNode: // (pipeline).Field...
+		if isVars(n.Node) {
+			return checkPath(n.Field)
+		}
+		kids = []parse.Node{n.Node}
+	}
+	for _, k := range kids {
+		if err := checkNode(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// isVars reports whether n is the Vars: . or $, maybe in parentheses.
+func isVars(n parse.Node) bool {
+	switch n := n.(type) {
+	case *parse.DotNode:
+		return true
+	case *parse.VariableNode:
+		return len(n.Ident) == 1 && n.Ident[0] == "$"
+	case *parse.PipeNode:
+		return len(n.Decl) == 0 && len(n.Cmds) == 1 && len(n.Cmds[0].Args) == 1 && isVars(n.Cmds[0].Args[0])
+	}
+	return false
+}
+
+// checkPath checks a chain of field names taken from the Vars.
+func checkPath(idents []string) error {
+	if len(idents) == 0 {
+		return nil
+	}
+	for _, f := range fields {
+		if f.name != idents[0] {
+			continue
+		}
+		if len(idents) > 1 {
+			return fmt.Errorf("unknown field .%s: .%s is a plain value, without fields", strings.Join(idents, "."), idents[0])
+		}
+		return nil
+	}
+	names := make([]string, len(fields))
+	for i, f := range fields {
+		names[i] = "." + f.name
+	}
+	return fmt.Errorf("unknown field .%s; the fields are %s", idents[0], strings.Join(names, ", "))
+}
+
+// execError words an error from executing a template for whoever wrote the
+// template: without text/template's position prefix, and without the Go
+// name of the type behind the dot (source.Vars), which means nothing to
+// them.
+func execError(err error) string {
+	msg := execPrefix.ReplaceAllString(err.Error(), "")
+	return strings.ReplaceAll(msg, "type "+varsType, "the template's values")
+}
+
+var (
+	execPrefix = regexp.MustCompile(`^template: [^:]*:\d+:\d+: executing "[^"]*" `)
+	varsType   = reflect.TypeOf(Vars{}).String()
+)
 
 // usedFields reports the fields the template text mentions. A textual check
 // is enough here: it only decides which empty values are worth an error.
@@ -145,6 +260,9 @@ func ValidateRepository(s string) error {
 // returns an error for a template that does not parse or render.
 func ParseSubdir(text string) (*Subdir, error) {
 	tmpl, err := template.New("subdir").Option("missingkey=error").Parse(text)
+	if err == nil {
+		err = checkFields(tmpl)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("parse image-subdir %q: %w", text, err)
 	}
@@ -167,7 +285,7 @@ type Subdir struct {
 func (s *Subdir) Render(v Vars) (string, error) {
 	var buf bytes.Buffer
 	if err := s.tmpl.Execute(&buf, v); err != nil {
-		return "", fmt.Errorf("render image-subdir %q: %w", s.text, err)
+		return "", fmt.Errorf("render image-subdir %q: %s", s.text, execError(err))
 	}
 	p := strings.Trim(buf.String(), "/")
 	if p == "" || path.Clean(p) != p || p == ".." || strings.HasPrefix(p, "../") || strings.Contains(p, "/../") {

@@ -1,6 +1,8 @@
 package source
 
 import (
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -45,6 +47,74 @@ func TestTemplate(t *testing.T) {
 	t.Run("parsing refuses an unknown field", func(t *testing.T) {
 		if _, err := ParseTemplate("{{.Kernel}}"); err == nil {
 			t.Fatal("accepted")
+		}
+	})
+	t.Run("an unknown field is named with the fields there are, in the order of Vars", func(t *testing.T) {
+		var names []string
+		for _, f := range reflect.VisibleFields(reflect.TypeFor[Vars]()) {
+			names = append(names, "."+f.Name)
+		}
+		list := "; the fields are " + strings.Join(names, ", ")
+		for text, unknown := range map[string]string{
+			"{{.Foo}}":                 ".Foo",
+			"{{.OSVersion}}-{{.osid}}": ".osid",
+			"{{.Foo.Bar}}":             ".Foo",
+			`{{printf "%s-x" .Foo}}`:   ".Foo",
+			"{{if .Foo}}a{{end}}":      ".Foo",
+			"{{with .Foo}}a{{end}}":    ".Foo",
+			"{{$.Foo}}":                ".Foo",
+			"{{(.).Foo}}":              ".Foo",
+			`{{define "x"}}{{.Foo}}{{end}}{{template "x" .}}`: ".Foo",
+		} {
+			_, err := ParseTemplate(text)
+			want := fmt.Sprintf("parse tag template %q: unknown field %s%s", text, unknown, list)
+			if err == nil || err.Error() != want {
+				t.Errorf("%s: got %v, want %q", text, err, want)
+			}
+		}
+	})
+	t.Run("a field of a field is unknown: the fields are plain values", func(t *testing.T) {
+		_, err := ParseTemplate("{{.OSID.Name}}")
+		if err == nil || !strings.Contains(err.Error(), "unknown field .OSID.Name") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("errors name no Go types", func(t *testing.T) {
+		for _, text := range []string{"{{.Foo}}", "{{$x := .}}{{$x.Foo}}", `{{index . "OSID"}}`, "{{len .}}", "{{call .}}"} {
+			_, err := ParseTemplate(text)
+			if err == nil || strings.Contains(err.Error(), "source.") || strings.Contains(err.Error(), "Vars") {
+				t.Errorf("%s: got %v", text, err)
+			}
+		}
+		// Parsing dry-runs a Flatcar host; this fails on any other.
+		tmpl, err := ParseTemplate(`{{if eq .OSID "flatcar"}}{{.OSVersion}}{{else}}{{len .}}{{end}}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = tmpl.Render(debian)
+		if err == nil || !strings.Contains(err.Error(), "len") || strings.Contains(err.Error(), "source.") || strings.Contains(err.Error(), "template: tag:") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("the image-subdir template is checked the same way", func(t *testing.T) {
+		_, err := ParseSubdir("opt/nvidia/{{.Driver}}")
+		if err == nil || !strings.Contains(err.Error(), `parse image-subdir "opt/nvidia/{{.Driver}}": unknown field .Driver; the fields are .OSID,`) {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("the field table follows Vars", func(t *testing.T) {
+		vf := reflect.VisibleFields(reflect.TypeFor[Vars]())
+		if len(vf) != len(fields) {
+			t.Fatalf("Vars has %d fields, the table %d", len(vf), len(fields))
+		}
+		v := reflect.New(reflect.TypeFor[Vars]()).Elem()
+		for i, f := range vf {
+			v.Field(i).SetString("value of " + f.Name)
+		}
+		for i, f := range fields {
+			if f.name != vf[i].Name || f.value(v.Interface().(Vars)) != "value of "+vf[i].Name {
+				t.Errorf("table entry %d is %s, Vars field %d is %s", i, f.name, i, vf[i].Name)
+			}
 		}
 	})
 	t.Run("it knows when the kernel release matters", func(t *testing.T) {

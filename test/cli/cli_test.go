@@ -348,3 +348,75 @@ func TestHelp(t *testing.T) {
 		}
 	})
 }
+
+func TestUsageErrors(t *testing.T) {
+	// Usage errors are found before any host file is read, so no --root.
+	for _, tc := range []struct{ args, want string }{
+		{"bogus", `unknown command "bogus" for "nvidia-driverd"`},
+		{"stauts", `unknown command "stauts" for "nvidia-driverd"; did you mean "status"?`},
+		{"--jsn status", "unknown flag: --jsn"},
+		{"status --jsn", "unknown flag: --jsn"},
+		{"status extra", `unknown command "extra" for "nvidia-driverd status"`},
+		{"publish", "accepts 1 arg(s), received 0"},
+		{"publish a b", "accepts 1 arg(s), received 2"},
+		{"cdi-hook bogus", `unknown command "bogus" for "nvidia-driverd cdi-hook"`},
+		{"cdi-hook update-ldcache extra", `unknown command "extra" for "nvidia-driverd cdi-hook update-ldcache"`},
+		{"completion bogus", `unknown command "bogus" for "nvidia-driverd completion"`},
+		{"help bogus", `unknown command "bogus" for "nvidia-driverd"`},
+	} {
+		t.Run(tc.args+" exits 2 and says so once", func(t *testing.T) {
+			r := run(t, nil, strings.Fields(tc.args)...)
+			if r.code != 2 || r.stdout != "" || r.stderr != "nvidia-driverd: "+tc.want+"\n" {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit 2 and stderr %q", r.code, r.stdout, r.stderr, "nvidia-driverd: "+tc.want+"\n")
+			}
+		})
+	}
+	for _, args := range []string{"", "cdi-hook", "completion", "help status"} {
+		t.Run(strings.TrimSpace("nvidia-driverd "+args)+" still prints help and exits 0", func(t *testing.T) {
+			r := run(t, nil, strings.Fields(args)...)
+			if r.code != 0 || !strings.Contains(r.stdout, "Usage:") || r.stderr != "" {
+				t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+			}
+		})
+	}
+	t.Run("an error from the host is printed once too", func(t *testing.T) {
+		root := host(t, "flatcar-ready")
+		os.Remove(filepath.Join(root, "etc/os-release"))
+		os.Remove(filepath.Join(root, "usr/lib/os-release"))
+		r := run(t, nil, "--root", root, "status")
+		if r.code != 1 || strings.Count(r.stderr, "read os-release") != 1 {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+	})
+}
+
+func TestTagTemplate(t *testing.T) {
+	const fields = "the fields are .OSID, .OSVersion, .BuildID, .DriverVersion, .KernelRelease"
+	check := func(t *testing.T, r result, want ...string) {
+		t.Helper()
+		if r.code != 2 || r.stdout != "" || strings.Contains(r.stderr, "source.") || strings.Contains(r.stderr, "Vars") {
+			t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		for _, w := range want {
+			if !strings.Contains(r.stderr, w) {
+				t.Errorf("missing %q in %s", w, r.stderr)
+			}
+		}
+	}
+	t.Run("an unknown field in --tag-template is named, with the fields there are", func(t *testing.T) {
+		r := run(t, nil, "--root", host(t, "flatcar-ready"), "--tag-template", "{{.Foo}}", "config")
+		check(t, r, `--tag-template: parse tag template "{{.Foo}}": unknown field .Foo; `+fields+"\n")
+	})
+	t.Run("one in the config file is named with its line, before anything runs", func(t *testing.T) {
+		root := host(t, "flatcar-ready")
+		cfg := filepath.Join(root, "etc/nvidia-driverd/config.yaml")
+		if err := os.WriteFile(cfg, []byte("driver-version: 550.54.14\ntag-template: '{{.OSVersion}}-{{.Driver}}'\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		check(t, run(t, nil, "--root", root, "plan"), cfg, "line 2", "unknown field .Driver; "+fields)
+	})
+	t.Run("a template that fails when run says where, without Go types", func(t *testing.T) {
+		r := run(t, []string{"NVIDIA_DRIVERD_TAG_TEMPLATE={{len .}}"}, "--root", host(t, "flatcar-ready"), "plan")
+		check(t, r, "NVIDIA_DRIVERD_TAG_TEMPLATE", `at <len .>`)
+	})
+}
