@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/daemon"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
 )
 
 func main() {
@@ -41,9 +44,11 @@ func run(args []string) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(os.Stderr, "nvidia-driverd: %v\n", err)
+	if !daemon.Reported(err) { // else the log has it already
+		fmt.Fprintf(os.Stderr, "nvidia-driverd: %v\n", err)
+	}
 	var ue usageError
-	if errors.As(err, &ue) {
+	if errors.As(err, &ue) || errors.Is(err, engine.ErrNoRepository) {
 		return exitUsage
 	}
 	var nr notReady

@@ -138,6 +138,18 @@ func New(deps Deps) (*Daemon, error) {
 	return d, nil
 }
 
+// reported marks an error the daemon has logged already, with its
+// MESSAGE_ID: whoever gets it need not print it again.
+type reported struct{ error }
+
+func (e reported) Unwrap() error { return e.error }
+
+// Reported reports whether err was logged by the daemon already.
+func Reported(err error) bool {
+	var r reported
+	return errors.As(err, &r)
+}
+
 // Outcome is the result of one reconcile.
 type Outcome struct {
 	Tree     string // the active tree
@@ -369,7 +381,10 @@ func (d *Daemon) Converge(ctx context.Context, s *store.Store, h Host) (Outcome,
 	if err == nil {
 		return out, nil
 	}
-	d.Log.Error("activation failed", systemd.MessageID(systemd.MessageActivationFailed), zap.Error(err))
+	if !Reported(err) {
+		d.Log.Error("activation failed", systemd.MessageID(systemd.MessageActivationFailed), zap.Error(err))
+		err = reported{err}
+	}
 	if d.Config.FailurePolicy != "keep-previous" || errors.Is(err, context.Canceled) {
 		return Outcome{}, err
 	}
@@ -526,7 +541,7 @@ func (d *Daemon) Fetch(ctx context.Context, s *store.Store, a engine.Assessment,
 	got, err := f.Fetch(ctx, t)
 	if err != nil {
 		log.Error("fetch failed", systemd.MessageID(systemd.MessageFetchFailed), zap.Error(err))
-		return got, err
+		return got, reported{err}
 	}
 	log.Info("fetched", zap.String("image", got.Image), zap.String("tree", got.Tree), zap.Bool("reused", got.Reused),
 		zap.Int64("bytes", got.Bytes), zap.Duration("took", time.Since(start)))

@@ -388,6 +388,13 @@ func TestUsageErrors(t *testing.T) {
 			t.Fatalf("exit %d: %s", r.code, r.stderr)
 		}
 	})
+	t.Run("a failed fetch is printed once, as the log line", func(t *testing.T) {
+		root := host(t, "flatcar-updated")
+		r := run(t, nil, "--root", root, "--source", "oci-layout:/media/usb", "install", "--no-activate")
+		if r.code != 1 || strings.Count(r.stderr, "index.json") != 1 || strings.Count(r.stderr, "fetch failed") != 1 {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+	})
 }
 
 func TestTagTemplate(t *testing.T) {
