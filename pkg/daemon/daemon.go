@@ -477,6 +477,7 @@ func (d *Daemon) Activate(ctx context.Context, a engine.Assessment, tree string)
 	d.Metrics.ObserveActivation(time.Since(start))
 	log.Info("driver activated", systemd.MessageID(systemd.MessageDriverActivated),
 		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted),
+		zap.String("firmware", act.Firmware.Written), zap.String("firmware_skipped", act.Firmware.Skipped),
 		zap.String("cdi", act.CDI), zap.NamedError("cdi_error", act.CDIErr))
 	return act, nil
 }

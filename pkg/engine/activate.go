@@ -8,6 +8,7 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/cdi"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/firmware"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs"
@@ -52,10 +53,11 @@ func (a *Activator) step(name string, fn func() error) error {
 
 // Activation says what Activate did.
 type Activation struct {
-	Unloaded []string    // modules of another version removed first
-	Modules  []kmod.Step // modules in load order, with what was skipped
-	Devices  []string    // device nodes created or fixed
-	Libs     libs.Result // overlays, drop-in, firmware path
+	Unloaded []string        // modules of another version removed first
+	Modules  []kmod.Step     // modules in load order, with what was skipped
+	Devices  []string        // device nodes created or fixed
+	Firmware firmware.Result // the firmware search path written or left
+	Libs     libs.Result     // overlays, drop-in
 	// CDI is the CDI spec written or removed, as a path in this
 	// namespace; "" when it was left as it was or cdi-dir is empty.
 	CDI string
@@ -89,9 +91,9 @@ func LibraryMode(setting string, f Facts) libs.Mode {
 // running kernel) the running driver. In order: when another version of
 // the driver is loaded, persistenced is stopped and the old modules are
 // unloaded (leaving everything as it was, with an error wrapping
-// ErrRebootNeeded, when something holds the GPU); the libraries, binaries
-// and firmware path are switched (firmware first, since the GPU loads it
-// at probe); the modules are loaded in dependency order after the
+// ErrRebootNeeded, when something holds the GPU); the firmware search path
+// is pointed at the tree (before the modules: the GPU loads its firmware
+// at probe); the libraries and binaries are switched; the modules are loaded in dependency order after the
 // in-tree prerequisites; device nodes are created; the CDI spec for the
 // tree is written to cdi-dir when that is set (removed when the host has
 // no GPU node); persistenced is started. Each step is idempotent, so
@@ -108,7 +110,15 @@ func (a *Activator) Activate(ctx context.Context, h Host, f Facts, tree string) 
 		}
 	}
 
-	err := a.step("libraries", func() error {
+	err := a.step("firmware", func() error {
+		var err error
+		out.Firmware, err = firmware.Point(h.FS(), cfg.Store, tree)
+		return err
+	})
+	if err != nil {
+		return out, err
+	}
+	err = a.step("libraries", func() error {
 		var err error
 		out.Libs, err = libs.Activate(a.Mounter, libs.Config{
 			FS: h.FS(), Store: cfg.Store, Tree: tree, Mode: LibraryMode(cfg.LibraryMode, f),

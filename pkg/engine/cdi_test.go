@@ -133,7 +133,7 @@ func TestActivateWritesCDISpec(t *testing.T) {
 	specPath := filepath.Join(root, dir, cdi.SpecFile)
 
 	act := cdiActivate(t, root, a, oldTree)
-	if want := []string{"libraries", "modules", "devices", "cdi"}; !slices.Equal(*steps, want) {
+	if want := []string{"firmware", "libraries", "modules", "devices", "cdi"}; !slices.Equal(*steps, want) {
 		t.Errorf("steps %v, want %v", *steps, want)
 	}
 	if act.CDI != specPath {

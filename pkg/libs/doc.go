@@ -1,6 +1,7 @@
 // Package libs makes an installed NVIDIA driver tree's user-space side
-// visible on the host: its libraries to the dynamic linker, its binaries on
-// PATH, and its GSP firmware to the kernel's firmware loader.
+// visible on the host: its libraries to the dynamic linker and its binaries
+// on PATH. (Its firmware goes to the kernel's loader through package
+// firmware.)
 //
 // Activate does it for one tree, Deactivate undoes it. Both converge: a
 // rerun after a crash, or a second call, finishes or changes nothing, and
@@ -57,17 +58,6 @@
 // architecture lies in /usr/lib64 (overlay mode) or <tree>/lib64 (ldconfig
 // mode). On a host mounted at a root other than "/", ldconfig runs with
 // -r <root>, which chroots and so reads and writes only the host's files.
-//
-// # Firmware
-//
-// The kernel's firmware loader looks first in the directory written to
-// /sys/module/firmware_class/parameters/path. Activate points it at
-// <tree>/firmware, a host path since the loader resolves it in the initial
-// mount namespace, when it is empty or already points into the store. When
-// someone else set it, it is left alone and Result.FirmwareSkipped says
-// why. Deactivate leaves it: a path into a removed tree only makes the
-// loader fall back to /lib/firmware, and clearing it needs a write that the
-// kernel would take as a path.
 //
 // # Paths
 //

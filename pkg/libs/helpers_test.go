@@ -35,7 +35,7 @@ type host struct {
 
 // newHost returns a host with /usr/lib64 holding a host library, two trees
 // of driver1 and driver2 (lib64/, bin/, firmware/), a `current` link to
-// the first, an empty firmware_class path parameter, no /opt/bin, and a
+// the first, no /opt/bin, and a
 // fake ldconfig whose cache resolves the default SONAMEs into /usr/lib64.
 func newHost(t *testing.T) *host {
 	t.Helper()
@@ -60,7 +60,6 @@ func newHost(t *testing.T) *host {
 	if err := os.Symlink(driver1+"/"+osVer, h.path(store+"/current")); err != nil {
 		t.Fatal(err)
 	}
-	h.write(FirmwareParam, "")
 	writeFile(t, h.mountinfo, "1 0 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n")
 	h.setCache(h.root+"/usr/lib64", DefaultWant()...)
 	script := filepath.Join(aux, "ldconfig")

@@ -21,11 +21,8 @@ const (
 	ModeLdconfig Mode = "ldconfig"
 )
 
-// Host paths this package writes.
-const (
-	DropIn        = "/etc/ld.so.conf.d/nvidia-driverd.conf"
-	FirmwareParam = "/sys/module/firmware_class/parameters/path"
-)
+// DropIn is the host path of the ld.so.conf.d drop-in this package writes.
+const DropIn = "/etc/ld.so.conf.d/nvidia-driverd.conf"
 
 // DefaultMountinfo is the mount table read when Config.Mountinfo is "".
 const DefaultMountinfo = "/proc/self/mountinfo"
@@ -47,20 +44,17 @@ type Config struct {
 
 // Result says what one call changed; a call that found everything in
 // place returns the zero Result. Paths are as seen in this mount
-// namespace, except Firmware, which is a host path.
+// namespace.
 type Result struct {
-	Mounted         []string // mount points where an overlay was mounted
-	Detached        []string // mount points where an overlay of ours was detached, once per detach
-	DropIn          string   // the drop-in written; "" when left as it was or not wanted
-	Removed         string   // the drop-in removed; "" when there was none
-	Firmware        string   // the firmware search path written; "" when left as it was
-	FirmwareSkipped string   // why the firmware search path was left alone; "" when it was written or already right
+	Mounted  []string // mount points where an overlay was mounted
+	Detached []string // mount points where an overlay of ours was detached, once per detach
+	DropIn   string   // the drop-in written; "" when left as it was or not wanted
+	Removed  string   // the drop-in removed; "" when there was none
 }
 
 // Activate makes the tree's libraries visible to the dynamic linker and its
 // binaries visible on /opt/bin (overlay mode), runs ldconfig, checks that
-// the wanted SONAMEs resolve into the tree, and points the kernel's
-// firmware search path at the tree (see the package documentation).
+// the wanted SONAMEs resolve into the tree (see the package documentation).
 //
 // It returns what it changed and a nil error when all of that holds
 // afterwards, including when nothing needed changing. It returns an error
@@ -69,8 +63,8 @@ type Result struct {
 // mount options), when the mount table cannot be read, when a mount,
 // detach, directory creation or drop-in write fails, when an overlay of
 // ours is covered by another mount, when ldconfig fails, when a wanted
-// SONAME is missing from the linker cache or resolves elsewhere first, or
-// when the firmware search path cannot be read or written. On error the
+// SONAME is missing from the linker cache or resolves elsewhere first. On
+// error the
 // Result still lists what was changed before it; a rerun converges.
 func Activate(m Mounter, c Config) (Result, error) {
 	var r Result
@@ -84,16 +78,12 @@ func Activate(m Mounter, c Config) (Result, error) {
 	if err := s.updateCache(true); err != nil {
 		return r, fmt.Errorf("activate %s: %w", s.treeHost, err)
 	}
-	if err := s.setFirmware(&r); err != nil {
-		return r, fmt.Errorf("activate %s: %w", s.treeHost, err)
-	}
 	return r, nil
 }
 
 // Deactivate detaches every overlay of ours on /usr/lib64 and /opt/bin,
 // removes the drop-in and reruns ldconfig, so that the linker cache no
-// longer names the tree. It ignores Config.Tree, Mode and Want, and leaves
-// the firmware search path alone.
+// longer names the tree. It ignores Config.Tree, Mode and Want.
 //
 // It returns what it changed and a nil error when nothing of ours is left,
 // including when there was nothing to undo. It returns an error when the

@@ -31,8 +31,7 @@ func needRoot(t *testing.T, why string) {
 // and for each driver a tree with real shared objects libcuda.so.<driver>
 // and libnvidia-ml.so.<driver> (SONAMEs libcuda.so.1, libnvidia-ml.so.1,
 // with their links, each carrying "driver <driver>"), bin/nvidia-smi and
-// firmware/, plus an empty firmware_class path parameter. It returns the
-// root's real path.
+// firmware/. It returns the root's real path.
 func buildRoot(t *testing.T, dir string, drivers ...string) string {
 	t.Helper()
 	root := filepath.Join(dir, "root")
@@ -44,7 +43,6 @@ func buildRoot(t *testing.T, dir string, drivers ...string) string {
 		writeFile(t, root+treeOf(d)+"/bin/nvidia-smi", "nvidia-smi "+d+"\n")
 		writeFile(t, root+treeOf(d)+"/firmware/nvidia/"+d+"/gsp_ga10x.bin", "gsp "+d)
 	}
-	writeFile(t, root+FirmwareParam, "")
 	real, err := filepath.EvalSymlinks(root)
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +99,7 @@ func TestLdconfigModeWithRealLdconfig(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.DropIn != root+DropIn || r.Firmware != treeOf(driver1)+"/firmware" {
+		if r.DropIn != root+DropIn {
 			t.Errorf("result %+v", r)
 		}
 		cache := cacheOf(t, inRoot...)
@@ -216,7 +214,7 @@ func TestOverlayInMountNamespaceChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("activated %s: %+v", driver1, r)
-	if !reflect.DeepEqual(r.Mounted, []string{lib, bin}) || r.Firmware != treeOf(driver1)+"/firmware" {
+	if !reflect.DeepEqual(r.Mounted, []string{lib, bin}) {
 		t.Fatalf("result %+v", r)
 	}
 	checkOverlay(t, lib, root+treeOf(driver1)+"/lib64")
@@ -272,8 +270,7 @@ func TestOverlayInMountNamespaceChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("switched to %s while %s was mapped: %+v", driver2, held.Name(), r)
-	if !reflect.DeepEqual(r.Detached, []string{lib, bin}) || !reflect.DeepEqual(r.Mounted, []string{lib, bin}) ||
-		r.Firmware != treeOf(driver2)+"/firmware" {
+	if !reflect.DeepEqual(r.Detached, []string{lib, bin}) || !reflect.DeepEqual(r.Mounted, []string{lib, bin}) {
 		t.Fatalf("result %+v", r)
 	}
 	checkOverlay(t, lib, root+treeOf(driver2)+"/lib64")
