@@ -7,6 +7,7 @@ import (
 )
 
 func TestReplace(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := filepath.Join(dir, "sub", "f.conf")
 	t.Run("a missing file and its directory are created", func(t *testing.T) {

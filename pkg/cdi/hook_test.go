@@ -51,6 +51,7 @@ func ldcache(t *testing.T, rootfs string) string {
 }
 
 func TestUpdateLdcache(t *testing.T) {
+	t.Parallel()
 	if _, err := FindLdconfig(); err != nil {
 		t.Skip(err)
 	}
@@ -99,6 +100,7 @@ func TestUpdateLdcache(t *testing.T) {
 // A root without /etc/ld.so.conf still gets the folders: they are on
 // ldconfig's command line.
 func TestUpdateLdcacheWithoutLdSoConf(t *testing.T) {
+	t.Parallel()
 	if _, err := FindLdconfig(); err != nil {
 		t.Skip(err)
 	}
@@ -113,6 +115,7 @@ func TestUpdateLdcacheWithoutLdSoConf(t *testing.T) {
 }
 
 func TestUpdateLdcacheStaysInsideTheRoot(t *testing.T) {
+	t.Parallel()
 	if _, err := FindLdconfig(); err != nil {
 		t.Skip(err)
 	}
@@ -162,6 +165,7 @@ func TestUpdateLdcacheStaysInsideTheRoot(t *testing.T) {
 }
 
 func TestUpdateLdcacheErrors(t *testing.T) {
+	t.Parallel()
 	_, rootfs := bundle(t, "")
 	for _, c := range []struct {
 		folders []string
@@ -186,6 +190,7 @@ func TestUpdateLdcacheErrors(t *testing.T) {
 }
 
 func TestContainerRootErrors(t *testing.T) {
+	t.Parallel()
 	b, _ := bundle(t, "")
 	noRoot := t.TempDir()
 	writeFile(t, filepath.Join(noRoot, "config.json"), `{"ociVersion": "1.0.2"}`, 0o644)

@@ -31,6 +31,7 @@ func flags(t *testing.T, args ...string) *pflag.FlagSet {
 }
 
 func TestLoad(t *testing.T) {
+	t.Parallel()
 	t.Run("nothing set gives the defaults and a missing default file is fine", func(t *testing.T) {
 		l, err := Load(Sources{File: filepath.Join(t.TempDir(), "absent.yaml")})
 		if err != nil {
@@ -161,6 +162,7 @@ metrics-textfile: /var/lib/node_exporter/textfile/nvidia-driverd.prom
 }
 
 func TestLoadRejects(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name, file string
 		env        []string
@@ -221,6 +223,7 @@ func TestLoadRejects(t *testing.T) {
 }
 
 func TestYAMLRoundTrip(t *testing.T) {
+	t.Parallel()
 	t.Run("the printed configuration loads back to the same values", func(t *testing.T) {
 		l, err := Load(Sources{File: "/nonexistent", Environ: []string{"NVIDIA_DRIVERD_DRIVER_VERSION=550.54.14"}})
 		if err != nil {
@@ -248,6 +251,7 @@ func TestYAMLRoundTrip(t *testing.T) {
 }
 
 func TestEnvName(t *testing.T) {
+	t.Parallel()
 	if got := EnvName("driver-version"); got != "NVIDIA_DRIVERD_DRIVER_VERSION" {
 		t.Fatal(got)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod/kmodtest"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs/libstest"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/metrics"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/publish"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
@@ -53,6 +54,8 @@ func (u *fakeUnits) Start(_ context.Context, unit string) error {
 	return u.fail
 }
 func (u *fakeUnits) Stop(context.Context, string) error { return nil }
+
+var _ engine.UnitControl = (*fakeUnits)(nil)
 
 // notifySocket listens where sd_notify messages go and collects them.
 type notifySocket struct {
@@ -141,7 +144,7 @@ func newRigOn(t *testing.T, host string, cfg func(*config.Config)) *rig {
 	d, err := New(Deps{
 		Root: root, Config: c, Log: zap.NewNop(),
 		Notify:   systemd.NewNotifier(false),
-		Syscalls: r.kernel, Mounter: noMounts{}, Units: r.units,
+		Syscalls: r.kernel, Mounter: libstest.NoMounts{}, Units: r.units,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -151,14 +154,6 @@ func newRigOn(t *testing.T, host string, cfg func(*config.Config)) *rig {
 }
 
 var amd64 = v1.Platform{OS: "linux", Architecture: "amd64"}
-
-// noMounts fails any mount: ldconfig mode must not mount.
-type noMounts struct{}
-
-func (noMounts) Mount(string, string, string, uintptr, string) error {
-	return errors.New("no mounts here")
-}
-func (noMounts) Unmount(string, int) error { return errors.New("no mounts here") }
 
 func write(t *testing.T, root, name, body string) {
 	t.Helper()
@@ -379,21 +374,15 @@ func TestRun(t *testing.T) {
 		r.d.Metrics = metrics.New()
 		r.publish(t, driver, kernel)
 		stop, reload := r.run(t)
-		waitLoaded := time.Now().Add(20 * time.Second)
-		for !r.d.Metrics.IsReady() && time.Now().Before(waitLoaded) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		eventually(t, "the driver is ready", r.d.Metrics.IsReady)
 		r.units.mu.Lock()
 		r.units.fail = errors.New("nvidia-persistenced.service: job failed")
 		r.units.mu.Unlock()
 		reload <- syscall.SIGHUP
-		deadline := time.Now().Add(20 * time.Second)
-		for time.Now().Before(deadline) {
-			if v := scrape(t, r.d.Metrics)["nvidia_driverd_reconciles_total"]; v != nil && v.Metric[0].Counter.GetValue() >= 2 {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		eventually(t, "the re-check is done", func() bool {
+			v := scrape(t, r.d.Metrics)["nvidia_driverd_reconciles_total"]
+			return v != nil && v.Metric[0].Counter.GetValue() >= 2
+		})
 		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
@@ -530,3 +519,18 @@ func openHost(t *testing.T, root string) *hostinfo.Host {
 
 // hostTree is openHost's host tree.
 func hostTree(t *testing.T, root string) *hostfs.Root { return openHost(t, root).FS() }
+
+// eventually polls cond until it holds, failing the test after 20 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(20 * time.Second)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-timeout:
+			t.Fatalf("%s: not within 20 s", what)
+		}
+	}
+}

@@ -208,13 +208,9 @@ func (r *rig) reboot(t *testing.T, osv, k string) {
 // waitLogs waits until an entry with msg and field is logged.
 func waitLogs(t *testing.T, logs *observer.ObservedLogs, msg string, field zap.Field) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for logs.FilterMessage(msg).FilterField(field).Len() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q log with %v", msg, field)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	eventually(t, fmt.Sprintf("a %q log with %v", msg, field), func() bool {
+		return logs.FilterMessage(msg).FilterField(field).Len() > 0
+	})
 }
 
 func TestPrefetchSwitch(t *testing.T) {

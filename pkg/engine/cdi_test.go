@@ -3,13 +3,15 @@ package engine
 import (
 	"context"
 	"errors"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod/kmodtest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod/kmodtest"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs/libstest"
 
 	oci "github.com/opencontainers/runtime-spec/specs-go"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
@@ -24,14 +26,6 @@ const (
 	cdiKernel = "6.1.77-flatcar"
 	cdiFlags  = "SMP preempt mod_unload"
 )
-
-// cdiNoMounts fails any mount: ldconfig mode must not mount.
-type cdiNoMounts struct{}
-
-func (cdiNoMounts) Mount(string, string, string, uintptr, string) error {
-	return errors.New("no mounts here")
-}
-func (cdiNoMounts) Unmount(string, int) error { return errors.New("no mounts here") }
 
 // cdiHost lays out a Flatcar host after a reboot (no driver loaded) with
 // a GPU and the given driver trees (names under /opt/nvidia/<driver>),
@@ -66,7 +60,7 @@ func cdiHost(t *testing.T, cdiDir string, trees ...string) (string, *Activator, 
 	cfg.CDIDir = cdiDir
 	var steps []string
 	a := &Activator{
-		Config: cfg, Syscalls: &kmodtest.Syscalls{Root: root}, Mounter: cdiNoMounts{},
+		Config: cfg, Syscalls: &kmodtest.Syscalls{Root: root}, Mounter: libstest.NoMounts{},
 		Mountinfo: filepath.Join(root, "mountinfo"),
 		Observe: func(step string, done bool, err error) {
 			if done {
@@ -126,6 +120,7 @@ func mountSources(s *oci.Spec) map[string]string {
 }
 
 func TestActivateWritesCDISpec(t *testing.T) {
+	t.Parallel()
 	const dir = "/etc/cdi"
 	root, a, steps := cdiHost(t, dir, "3815.2.0", "3815.2.1")
 	oldTree := "/opt/nvidia/" + cdiDriver + "/3815.2.0"
@@ -209,6 +204,7 @@ func TestActivateWritesCDISpec(t *testing.T) {
 }
 
 func TestActivateWithoutCDIDir(t *testing.T) {
+	t.Parallel()
 	root, a, steps := cdiHost(t, "", "3815.2.0")
 	cdiActivate(t, root, a, "/opt/nvidia/"+cdiDriver+"/3815.2.0")
 	if slices.Contains(*steps, "cdi") {
@@ -226,6 +222,7 @@ func TestActivateWithoutCDIDir(t *testing.T) {
 }
 
 func TestActivateCDIStepFails(t *testing.T) {
+	t.Parallel()
 	root, a, steps := cdiHost(t, "/var/run/cdi", "3815.2.0")
 	// A directory where the spec goes cannot be replaced.
 	if err := os.MkdirAll(filepath.Join(root, "var/run/cdi", cdi.SpecFile), 0o755); err != nil {
@@ -265,6 +262,7 @@ func openHost(t *testing.T, root string) *hostinfo.Host {
 }
 
 func TestCDISpecFollowsVarRunInsideTheRoot(t *testing.T) {
+	t.Parallel()
 	// Debian, Ubuntu and Flatcar have /var/run -> /run (or ../run): the
 	// spec must land in the host's /run, never this machine's.
 	local := filepath.Join("/run/cdi", cdi.SpecFile)

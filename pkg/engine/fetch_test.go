@@ -225,6 +225,7 @@ func snapshotTree(t *testing.T, dir string) map[string]string {
 }
 
 func TestFetch(t *testing.T) {
+	t.Parallel()
 	t.Run("publish then fetch gives back the same tree, checked and committed", func(t *testing.T) {
 		reg, h := newRegistry(t), newHost(t)
 		src := driverTree(t, kernel, vermagic)

@@ -12,6 +12,7 @@ import (
 )
 
 func TestParallel(t *testing.T) {
+	t.Parallel()
 	t.Run("one job runs the indexes in the order given", func(t *testing.T) {
 		var got []int
 		err := parallel(context.Background(), []int{3, 0, 2, 1}, 1, func(_ context.Context, i int) error {
@@ -90,6 +91,7 @@ func TestParallel(t *testing.T) {
 }
 
 func TestLargestFirst(t *testing.T) {
+	t.Parallel()
 	layers := []source.Layer{{Size: 30}, {Size: 20}, {Size: 500}, {Size: 20}, {Size: 140}}
 	if got := largestFirst(layers); !slices.Equal(got, []int{2, 4, 0, 1, 3}) {
 		t.Errorf("order %v, want [2 4 0 1 3]", got)
@@ -97,12 +99,14 @@ func TestLargestFirst(t *testing.T) {
 }
 
 func TestLayerJobs(t *testing.T) {
+	t.Parallel()
 	if n := layerJobs(); n < 2 || n > maxLayerJobs {
 		t.Errorf("layerJobs() = %d, want 2 to %d", n, maxLayerJobs)
 	}
 }
 
 func TestBudget(t *testing.T) {
+	t.Parallel()
 	t.Run("takes what is free and waits for the rest", func(t *testing.T) {
 		b := newBudget(10)
 		got, err := b.acquire(context.Background(), 6)

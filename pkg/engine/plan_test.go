@@ -67,6 +67,7 @@ func cfg() config.Config {
 }
 
 func TestPlan(t *testing.T) {
+	t.Parallel()
 	matching := tree("550.54.14", "3815.2.0", newKernel, newKernel+" "+flags)
 	oldOS := tree("550.54.14", "3760.2.0", oldKernel, oldKernel+" "+flags)
 	oldDriver := tree("535.161.07", "3815.2.0", newKernel, newKernel+" "+flags)
@@ -213,6 +214,7 @@ func TestTargets(t *testing.T) {
 }
 
 func TestJudge(t *testing.T) {
+	t.Parallel()
 	k := Kernel{Release: newKernel, Flags: strings.Fields(flags)}
 	mods := config.Default().Modules
 	t.Run("a tree missing a configured module does not match", func(t *testing.T) {
@@ -270,6 +272,7 @@ func equal(a, b []string) bool {
 }
 
 func TestJudgeChecksEveryModule(t *testing.T) {
+	t.Parallel()
 	t.Run("an extra module built for another kernel spoils the tree", func(t *testing.T) {
 		k := Kernel{Release: newKernel, Flags: strings.Fields(flags)}
 		tr := tree("550.54.14", "3815.2.0", newKernel, newKernel+" "+flags)

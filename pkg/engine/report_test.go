@@ -11,6 +11,7 @@ import (
 )
 
 func TestPrefetchReport(t *testing.T) {
+	t.Parallel()
 	at := time.Date(2024, 3, 2, 10, 0, 0, 0, time.UTC)
 	next := at.Add(2 * time.Minute)
 	staged := store.Prefetch{Driver: "550.54.14", OSVersion: "4081.2.0", KernelRelease: "6.6.30-flatcar",

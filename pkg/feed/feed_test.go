@@ -31,6 +31,7 @@ func versions(rs []Release) []string {
 }
 
 func TestParseFixtures(t *testing.T) {
+	t.Parallel()
 	t.Run("stable: versioned entries newest first, current dropped", func(t *testing.T) {
 		f := load(t, "releases-stable.json")
 		want := []string{"4152.2.0", "4081.2.1", "4081.2.0", "3975.2.2", "3975.2.1"}
@@ -64,6 +65,7 @@ func TestParseFixtures(t *testing.T) {
 }
 
 func TestParseErrors(t *testing.T) {
+	t.Parallel()
 	t.Run("the malformed fixture names the feed, the release and the field", func(t *testing.T) {
 		_, err := Load(context.Background(), filepath.Join(fixtures, "releases-malformed.json"), LoadOptions{})
 		if err == nil {
@@ -108,6 +110,7 @@ func TestParseErrors(t *testing.T) {
 }
 
 func TestCompareVersions(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		a, b string
 		want int
@@ -129,6 +132,7 @@ func TestCompareVersions(t *testing.T) {
 }
 
 func TestLoadURL(t *testing.T) {
+	t.Parallel()
 	data, err := os.ReadFile(filepath.Join(fixtures, "releases-beta.json"))
 	if err != nil {
 		t.Fatal(err)

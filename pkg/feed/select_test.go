@@ -24,6 +24,7 @@ import (
 )
 
 func TestSelect(t *testing.T) {
+	t.Parallel()
 	stable, beta, alpha := load(t, "releases-stable.json"), load(t, "releases-beta.json"), load(t, "releases-alpha.json")
 	all := append(append(append([]Release(nil), stable.Releases...), beta.Releases...), alpha.Releases...)
 
@@ -82,6 +83,7 @@ func mustTemplate(t *testing.T, text string) *source.Template {
 }
 
 func TestCombinations(t *testing.T) {
+	t.Parallel()
 	stable := load(t, "releases-stable.json")
 	kept, _ := Select(stable.Releases, "amd64", 2)
 
@@ -208,6 +210,7 @@ func tags(cs []Combination) []string {
 }
 
 func TestMissing(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	stable := load(t, "releases-stable.json")
 	kept, _ := Select(stable.Releases, "amd64", 3)

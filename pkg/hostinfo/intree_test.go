@@ -17,6 +17,7 @@ func touch(t *testing.T, p string) {
 }
 
 func TestInTreeModule(t *testing.T) {
+	t.Parallel()
 	t.Run("the first module in lexical order is found", func(t *testing.T) {
 		root := t.TempDir()
 		touch(t, filepath.Join(root, "lib/modules/6.1.0-56-amd64/kernel/fs/vfat.ko"))

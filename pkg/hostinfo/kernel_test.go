@@ -9,6 +9,7 @@ import (
 )
 
 func TestKernelRelease(t *testing.T) {
+	t.Parallel()
 	for host, want := range map[string]string{
 		"flatcar": "6.1.77-flatcar",
 		"coreos":  "4.14.11-coreos",

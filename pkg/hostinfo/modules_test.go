@@ -10,6 +10,7 @@ import (
 )
 
 func TestLoadedModuleFixtures(t *testing.T) {
+	t.Parallel()
 	root := fixture(t, "flatcar")
 
 	t.Run("nvidia is read with all its attributes", func(t *testing.T) {
@@ -62,6 +63,7 @@ func TestLoadedModuleFixtures(t *testing.T) {
 }
 
 func TestLoadedModule(t *testing.T) {
+	t.Parallel()
 	t.Run("a built-in module has refcnt -1 and no init state", func(t *testing.T) {
 		root := t.TempDir()
 		writeTree(t, root, map[string]string{
@@ -161,6 +163,7 @@ func TestLoadedModule(t *testing.T) {
 }
 
 func TestLoadedModules(t *testing.T) {
+	t.Parallel()
 	t.Run("only loaded modules are returned, keyed by normalised name", func(t *testing.T) {
 		mods, err := LoadedModules(fixture(t, "flatcar"), []string{"nvidia", "nvidia-uvm", "nvidia_drm", "nvidia-peermem"})
 		if err != nil {
@@ -190,6 +193,7 @@ func TestLoadedModules(t *testing.T) {
 }
 
 func TestNvidiaProcVersion(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, content, want string
 	}{
@@ -258,6 +262,7 @@ func TestNvidiaProcVersion(t *testing.T) {
 }
 
 func TestIsDriverVersion(t *testing.T) {
+	t.Parallel()
 	for s, want := range map[string]bool{
 		"550.54.14": true, "390.157": true, "1.2.3.4": true,
 		"550": false, "2024": false, "01:44:30": false, "x86_64": false,

@@ -11,6 +11,7 @@ import (
 )
 
 func TestParseOSRelease(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name  string
 		input string
@@ -53,6 +54,7 @@ func TestParseOSRelease(t *testing.T) {
 }
 
 func TestParseOSReleaseErrors(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name    string
 		input   string
@@ -92,6 +94,7 @@ type errReader struct{ err error }
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
 
 func TestReadOSReleaseFixtures(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		host                                   string
 		wantID, wantFamily, wantVer, wantBuild string
@@ -153,6 +156,7 @@ func equalRelease(a, b OSRelease) bool {
 }
 
 func TestReadOSRelease(t *testing.T) {
+	t.Parallel()
 	t.Run("/etc/os-release wins over /usr/lib/os-release", func(t *testing.T) {
 		root := t.TempDir()
 		writeTree(t, root, map[string]string{
@@ -279,6 +283,7 @@ func TestReadOSRelease(t *testing.T) {
 }
 
 func TestOSVersion(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		o    OSRelease
@@ -298,6 +303,7 @@ func TestOSVersion(t *testing.T) {
 }
 
 func TestFamily(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name string
 		o    OSRelease

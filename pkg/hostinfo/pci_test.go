@@ -8,6 +8,7 @@ import (
 )
 
 func TestNvidiaGPUsFixtures(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		host string
 		want []GPU
@@ -65,6 +66,7 @@ func realSysfs() map[string]string {
 }
 
 func TestNvidiaGPUs(t *testing.T) {
+	t.Parallel()
 	t.Run("symlinked sysfs entries are resolved inside root", func(t *testing.T) {
 		root := t.TempDir()
 		writeTree(t, root, realSysfs())

@@ -3,6 +3,7 @@ package hostinfo
 import "testing"
 
 func TestModuleSigning(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name, lockdown, sigEnforce string // "" leaves the file out
 		want                       bool

@@ -48,6 +48,7 @@ func checkNode(t *testing.T, path string, major, minor uint32) {
 }
 
 func TestDevices(t *testing.T) {
+	t.Parallel()
 	requireMknod(t)
 
 	t.Run("nodes are made with the right numbers and mode", func(t *testing.T) {

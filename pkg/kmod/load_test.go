@@ -15,6 +15,7 @@ import (
 )
 
 func TestLoad(t *testing.T) {
+	t.Parallel()
 	t.Run("modules are loaded in plan order with the compressed flag for .ko.xz", func(t *testing.T) {
 		f := newFixture(t)
 		f.standardTree(false)
@@ -145,6 +146,7 @@ func TestLoad(t *testing.T) {
 }
 
 func TestLoadErrors(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name     string
 		module   string
@@ -198,6 +200,7 @@ func TestLoadErrors(t *testing.T) {
 }
 
 func TestOpenModule(t *testing.T) {
+	t.Parallel()
 	t.Run("a FIFO is refused without blocking", func(t *testing.T) {
 		p := filepath.Join(t.TempDir(), "nvidia.ko")
 		if err := unix.Mkfifo(p, 0o600); err != nil {

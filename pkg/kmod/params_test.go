@@ -6,6 +6,7 @@ import (
 )
 
 func TestParams(t *testing.T) {
+	t.Parallel()
 	t.Run("words split at spaces outside double quotes", func(t *testing.T) {
 		got := splitParams(` a=1	b="x y"  c  d="" `)
 		if want := []string{"a=1", `b="x y"`, "c", `d=""`}; !reflect.DeepEqual(got, want) {

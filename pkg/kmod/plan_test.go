@@ -14,6 +14,7 @@ import (
 )
 
 func TestPlanOrder(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	f.standardTree(false)
 	f.standardHost()
@@ -101,6 +102,7 @@ func TestPlanOrder(t *testing.T) {
 }
 
 func TestPlanHost(t *testing.T) {
+	t.Parallel()
 	t.Run("modules.dep is found under usr/lib/modules on Flatcar", func(t *testing.T) {
 		f := newFixture(t)
 		f.standardTree(false)
@@ -151,6 +153,7 @@ func TestPlanHost(t *testing.T) {
 }
 
 func TestPlanRefusals(t *testing.T) {
+	t.Parallel()
 	t.Run("a dependency cycle is an error naming it", func(t *testing.T) {
 		f := newFixture(t)
 		f.treeModule("nvidia", kofixture.Module{Fields: kofixture.Standard("nvidia", testVersion, testVermagic, "nvidia-modeset")})
@@ -262,6 +265,7 @@ func TestPlanRefusals(t *testing.T) {
 }
 
 func TestPlanParams(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	f.standardTree(false)
 	f.standardHost()

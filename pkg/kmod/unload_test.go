@@ -23,6 +23,7 @@ func loadedDriver(f *fixture) {
 }
 
 func TestUnload(t *testing.T) {
+	t.Parallel()
 	modules := []string{"nvidia", "nvidia-uvm", "nvidia-modeset", "nvidia-drm"}
 
 	t.Run("modules are unloaded after their holders, unconfigured NVIDIA ones included", func(t *testing.T) {

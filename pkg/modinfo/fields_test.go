@@ -9,6 +9,7 @@ import (
 )
 
 func TestParseFields(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name    string
 		section string

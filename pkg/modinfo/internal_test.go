@@ -11,6 +11,7 @@ import (
 )
 
 func TestDecompressLimit(t *testing.T) {
+	t.Parallel()
 	const limit = 5000
 	payload := bytes.Repeat([]byte("x"), limit+1)
 	compressed := map[string][]byte{}
@@ -65,6 +66,7 @@ func TestDecompressLimit(t *testing.T) {
 }
 
 func TestNameFromPath(t *testing.T) {
+	t.Parallel()
 	for path, want := range map[string]string{
 		"/lib/modules/6.1.0/updates/dkms/nvidia.ko":     "nvidia",
 		"nvidia-drm.ko.xz":                              "nvidia_drm",
@@ -83,6 +85,7 @@ func TestNameFromPath(t *testing.T) {
 }
 
 func TestPKCS7Algorithms(t *testing.T) {
+	t.Parallel()
 	t.Run("garbage and truncated DER give empty names", func(t *testing.T) {
 		for _, der := range [][]byte{nil, {0x30}, {0x30, 0x03, 0x06, 0x01, 0x00}, []byte("not DER at all")} {
 			if a, h := pkcs7Algorithms(der); a != "" || h != "" {
@@ -93,6 +96,7 @@ func TestPKCS7Algorithms(t *testing.T) {
 }
 
 func TestModuleName(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{"nvidia.ko": "nvidia", "nvidia-uvm.ko": "nvidia_uvm", "fat.ko.xz": "fat", "x.ko.zst": "x", "x.ko.gz": "x"} {
 		if got, ok := ModuleName(in); !ok || got != want {
 			t.Errorf("ModuleName(%q) = %q, %v", in, got, ok)

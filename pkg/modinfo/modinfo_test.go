@@ -53,6 +53,7 @@ func mustRead(t *testing.T, path string) *modinfo.Info {
 }
 
 func TestRead(t *testing.T) {
+	t.Parallel()
 	t.Run("a standard module reports every field and splits depends", func(t *testing.T) {
 		path := kofixture.Build(t, t.TempDir(), kofixture.Module{Name: "nvidia", Fields: nvidiaFields()})
 		info := mustRead(t, path)
@@ -276,6 +277,7 @@ func writeFile(t *testing.T, path string, data []byte) {
 }
 
 func TestReadRejectsNonModules(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ko, err := os.ReadFile(kofixture.Build(t, dir, kofixture.Module{Name: "good", Fields: nvidiaFields()}))
 	if err != nil {
@@ -320,6 +322,7 @@ func TestReadRejectsNonModules(t *testing.T) {
 }
 
 func TestSignatureTrailer(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ko, err := os.ReadFile(kofixture.Build(t, dir, kofixture.Module{Name: "m", Fields: nvidiaFields()}))
 	if err != nil {
@@ -388,6 +391,7 @@ func TestSignatureTrailer(t *testing.T) {
 }
 
 func TestParse(t *testing.T) {
+	t.Parallel()
 	path := kofixture.Build(t, t.TempDir(), kofixture.Module{Name: "no-name", Fields: []string{"license=GPL"}, Sign: true})
 	data, err := os.ReadFile(path)
 	if err != nil {

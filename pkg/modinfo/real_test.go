@@ -41,6 +41,7 @@ func realModule(t *testing.T, dir, name string) string {
 }
 
 func TestRealDistributionModule(t *testing.T) {
+	t.Parallel()
 	dir := realModules(t)
 	release, err := os.ReadFile(filepath.Join(dir, "release"))
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 )
 
 func TestParseVermagic(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name, in, str string
 		want          modinfo.Vermagic
@@ -60,6 +61,7 @@ func TestParseVermagic(t *testing.T) {
 }
 
 func TestCheck(t *testing.T) {
+	t.Parallel()
 	module := modinfo.Vermagic{Release: "6.1.0-56-amd64", Flags: []string{"SMP", "preempt", "mod_unload", "modversions"}}
 	flags := []string{"SMP", "preempt", "mod_unload", "modversions"}
 

@@ -78,6 +78,7 @@ func contents(t *testing.T, img v1.Image) [][]*tar.Header {
 }
 
 func TestBuild(t *testing.T) {
+	t.Parallel()
 	t.Run("a driver tree becomes disjoint, labelled layers", func(t *testing.T) {
 		b, err := Build(driverTree(t), Options{Platform: amd64, Labels: map[string]string{LabelDriver: "550.54.14"}, LibraryLayers: 2})
 		must(t, err)

@@ -25,6 +25,7 @@ func layTree(t *testing.T, root, path, kernel string) {
 }
 
 func TestScan(t *testing.T) {
+	t.Parallel()
 	t.Run("a missing store is empty, not an error", func(t *testing.T) {
 		inv, err := Scan(hostTree(t, t.TempDir()), "/opt/nvidia")
 		if err != nil || len(inv.Trees) != 0 || inv.Current != "" {
@@ -127,6 +128,7 @@ func TestScan(t *testing.T) {
 }
 
 func TestReadTree(t *testing.T) {
+	t.Parallel()
 	t.Run("a tree outside any store is read with its module versions", func(t *testing.T) {
 		root := t.TempDir()
 		layTree(t, root, "/src/550.54.14/x", "6.1.77-flatcar")

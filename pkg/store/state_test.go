@@ -9,6 +9,7 @@ import (
 )
 
 func TestPrefetchState(t *testing.T) {
+	t.Parallel()
 	t.Run("a state file written before prefetch existed is read, and keeps its bad digests", func(t *testing.T) {
 		root := t.TempDir()
 		old := `{

@@ -150,6 +150,7 @@ func treePaths(inv Inventory) []string {
 }
 
 func TestOpen(t *testing.T) {
+	t.Parallel()
 	t.Run("a missing store and its staging directory are created", func(t *testing.T) {
 		root := t.TempDir()
 		s := openStore(t, root)
@@ -182,6 +183,7 @@ func TestOpen(t *testing.T) {
 }
 
 func TestStage(t *testing.T) {
+	t.Parallel()
 	t.Run("a staging directory is new, empty and named after what it stages", func(t *testing.T) {
 		root := t.TempDir()
 		s := openStore(t, root)
@@ -247,6 +249,7 @@ func TestStage(t *testing.T) {
 }
 
 func TestInstall(t *testing.T) {
+	t.Parallel()
 	t.Run("staged trees are committed, switched to and rolled back", func(t *testing.T) {
 		root := t.TempDir()
 		s := openStore(t, root)
@@ -313,6 +316,7 @@ func TestInstall(t *testing.T) {
 }
 
 func TestSwitch(t *testing.T) {
+	t.Parallel()
 	t.Run("switching to the tree current points at changes nothing", func(t *testing.T) {
 		root := t.TempDir()
 		s := openStore(t, root)
@@ -391,6 +395,7 @@ func TestSwitch(t *testing.T) {
 }
 
 func TestRollback(t *testing.T) {
+	t.Parallel()
 	t.Run("without a previous link rollback fails with ErrNoPrevious", func(t *testing.T) {
 		root := t.TempDir()
 		s := openStore(t, root)
@@ -433,6 +438,7 @@ func TestRollback(t *testing.T) {
 }
 
 func TestCommit(t *testing.T) {
+	t.Parallel()
 	t.Run("a tree with the same digest is reused and the staged one discarded", func(t *testing.T) {
 		root := t.TempDir()
 		s := openStore(t, root)
@@ -555,6 +561,7 @@ func TestCommit(t *testing.T) {
 }
 
 func TestFindDigest(t *testing.T) {
+	t.Parallel()
 	t.Run("the tree recording a digest is found, and an unknown digest is not", func(t *testing.T) {
 		root := t.TempDir()
 		s := openStore(t, root)
@@ -570,6 +577,7 @@ func TestFindDigest(t *testing.T) {
 }
 
 func TestGC(t *testing.T) {
+	t.Parallel()
 	t.Run("the newest trees are kept and current and previous are never removed", func(t *testing.T) {
 		root := t.TempDir()
 		s := openStore(t, root)
@@ -622,6 +630,7 @@ func TestGC(t *testing.T) {
 }
 
 func TestClean(t *testing.T) {
+	t.Parallel()
 	t.Run("leftovers in staging and temporary links are removed, and nothing else", func(t *testing.T) {
 		root := t.TempDir()
 		s := openStore(t, root)
@@ -667,6 +676,7 @@ func TestClean(t *testing.T) {
 }
 
 func TestState(t *testing.T) {
+	t.Parallel()
 	t.Run("a bad digest is remembered across opens", func(t *testing.T) {
 		root := t.TempDir()
 		s, err := Open(hostTree(t, root), "/opt/nvidia")

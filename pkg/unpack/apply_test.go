@@ -79,6 +79,7 @@ func driverTreeWant() map[string]string {
 }
 
 func TestApply(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []unpack.Mode{unpack.Ordered, unpack.Disjoint} {
 		t.Run("a driver tree round-trips exactly in "+mode.String()+" mode", func(t *testing.T) {
 			f := newFixture(t)
@@ -198,6 +199,7 @@ func (c *cancelAfter) Read(p []byte) (int, error) {
 }
 
 func TestOrdered(t *testing.T) {
+	t.Parallel()
 	// apply applies layers in Ordered mode to a fresh fixture and returns
 	// its staging directory.
 	apply := func(t *testing.T, layers ...[]byte) string {
@@ -280,6 +282,7 @@ func TestOrdered(t *testing.T) {
 // TestDisjoint applies four disjoint layers concurrently, as the installer
 // does with publish's images; run with -race.
 func TestDisjoint(t *testing.T) {
+	t.Parallel()
 	const n = 4
 	layer := func(i int) []byte {
 		lib := fmt.Sprintf("lib64/libnv%d.so.550.54.14", i)

@@ -317,6 +317,7 @@ func breakouts(t *testing.T) []breakout {
 // with an error naming the entry (or has its documented result), and that
 // nothing outside the staging directory changed.
 func TestBreakouts(t *testing.T) {
+	t.Parallel()
 	cases := breakouts(t)
 	if len(cases) < 30 {
 		t.Fatalf("only %d breakout cases", len(cases))
@@ -404,6 +405,7 @@ func checkFile(t *testing.T, p, want string) {
 // TestTruncatedStream checks the error a truncated stream gives: not a
 // refusal, but io.ErrUnexpectedEOF, so a caller can tell a broken download.
 func TestTruncatedStream(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	full := layerTar(t, fileEnt("x", strings.Repeat("x", 2000), 0o644))
 	for _, cut := range []int{100, 512 + 10, 512 + 1999} {

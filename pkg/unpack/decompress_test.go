@@ -56,6 +56,7 @@ func readAll(blob []byte, mediaType string) ([]byte, error) {
 }
 
 func TestDecompress(t *testing.T) {
+	t.Parallel()
 	plain := layerTar(t, fileEnt("lib64/libcuda.so.1", strings.Repeat("cuda ", 10000), 0o755))
 	// A skippable frame (magic 0x184D2A53, 4 bytes of payload) may
 	// begin a zstd stream.

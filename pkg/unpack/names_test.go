@@ -7,6 +7,7 @@ import (
 )
 
 func TestCleanName(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		raw   string
 		isDir bool
@@ -50,6 +51,7 @@ func TestCleanName(t *testing.T) {
 }
 
 func TestCheckSymlinkTarget(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name, target string
 		ok           bool
@@ -79,6 +81,7 @@ func TestCheckSymlinkTarget(t *testing.T) {
 }
 
 func TestClassifyWhiteout(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name   string
 		kind   whiteout

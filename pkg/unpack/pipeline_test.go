@@ -30,6 +30,7 @@ func (w *watched) Read(p []byte) (int, error) {
 }
 
 func TestDecompressPipeline(t *testing.T) {
+	t.Parallel()
 	// 8 MiB that do not compress, so the blob is much longer than the
 	// pipeline reads ahead.
 	big := make([]byte, 8<<20)

@@ -28,6 +28,7 @@ func (e *endless) Read(p []byte) (int, error) {
 }
 
 func TestAheadReader(t *testing.T) {
+	t.Parallel()
 	data := make([]byte, 1<<20+123)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range data {

@@ -12,6 +12,7 @@ import (
 const legacyDir = "opt/nvidia/384.111/1576.5.0"
 
 func TestSubtree(t *testing.T) {
+	t.Parallel()
 	t.Run("only the subdir becomes the tree, relative to it", func(t *testing.T) {
 		f := newFixture(t)
 		tree := unpack.NewSubtree(f.root, unpack.Limits{}, legacyDir)

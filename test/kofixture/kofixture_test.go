@@ -12,6 +12,7 @@ import (
 )
 
 func TestPad(t *testing.T) {
+	t.Parallel()
 	const pad = 3<<20 + 17
 	for _, c := range []struct {
 		name string
