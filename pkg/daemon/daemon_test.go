@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nvidia-driverd/nvidia-driverd/test/needs"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"go.uber.org/zap"
 
@@ -123,6 +125,7 @@ func newRig(t *testing.T, cfg func(*config.Config)) *rig {
 // newRigOn is newRig on another sample host.
 func newRigOn(t *testing.T, host string, cfg func(*config.Config)) *rig {
 	t.Helper()
+	needs.Root(t, "make the device nodes activation makes")
 	root := t.TempDir()
 	if err := hostfixture.Make("../../test/fixtures/hosts", root, hostfixture.Specs[host]); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nvidia-driverd/nvidia-driverd/test/needs"
+
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod/kmodtest"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs/libstest"
@@ -32,6 +34,7 @@ const (
 // and returns the root and an Activator for it.
 func cdiHost(t *testing.T, cdiDir string, trees ...string) (string, *Activator, *[]string) {
 	t.Helper()
+	needs.Root(t, "make the device nodes activation makes")
 	root := t.TempDir()
 	spec := hostfixture.Spec{Base: "flatcar", Flags: cdiFlags, Unload: true}
 	if err := hostfixture.Make("../../test/fixtures/hosts", root, spec); err != nil {

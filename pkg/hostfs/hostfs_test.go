@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/nvidia-driverd/nvidia-driverd/test/needs"
+
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 )
 
@@ -145,9 +147,7 @@ func TestReadFileIsBoundedAndNeverBlocks(t *testing.T) {
 
 func TestDeviceNodesAreNotRead(t *testing.T) {
 	t.Parallel()
-	if os.Geteuid() != 0 {
-		t.Skip("mknod needs root")
-	}
+	needs.Root(t, "make a /dev/zero node")
 	r := tree(t, map[string]string{"etc/os-release": "->/dev/zero", "dev/": ""})
 	// The link is re-rooted: <root>/dev/zero, here a real /dev/zero node.
 	if err := syscall.Mknod(r.Join("/dev/zero"), syscall.S_IFCHR|0o666, 1<<8|5); err != nil {

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/nvidia-driverd/nvidia-driverd/test/needs"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -22,9 +24,7 @@ const namespaceEnv = "NVIDIA_DRIVERD_LIBS_NAMESPACE_FIXTURE"
 // needRoot skips the test when not run as root.
 func needRoot(t *testing.T, why string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skipf("skipping: needs root to %s", why)
-	}
+	needs.Root(t, why)
 }
 
 // buildRoot builds a host root under dir: /usr/lib64/libhostdummy.so.1,

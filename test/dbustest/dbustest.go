@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/nvidia-driverd/nvidia-driverd/test/needs"
+
 	"github.com/godbus/dbus/v5"
 )
 
@@ -56,6 +58,7 @@ type Daemon struct {
 // NVIDIA_DRIVERD_REQUIRE_FIXTURES=1.
 func New(t testing.TB) *Bus {
 	t.Helper()
+	needs.System(t, "a dbus-daemon")
 	if _, err := exec.LookPath("dbus-daemon"); err != nil {
 		if os.Getenv("NVIDIA_DRIVERD_REQUIRE_FIXTURES") == "1" {
 			t.Fatal("NVIDIA_DRIVERD_REQUIRE_FIXTURES=1 but dbus-daemon is not installed (test/deps.sh installs package dbus)")
