@@ -2,10 +2,15 @@ package daemon
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod/kmodtest"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs/libstest"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
+	"go.uber.org/zap"
 )
 
 // countingHost is a real Host that counts how often it is opened and how
@@ -89,5 +94,30 @@ func TestReconcileAssessesTheHostOnce(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestNewRejectsMissingDependencies(t *testing.T) {
+	t.Parallel()
+	full := func() Deps {
+		return Deps{Root: "/", Log: zap.NewNop(), Notify: systemd.NewNotifier(false),
+			Syscalls: &kmodtest.Syscalls{}, Mounter: libstest.NoMounts{}, Units: &fakeUnits{}}
+	}
+	if _, err := New(full()); err != nil {
+		t.Fatalf("New with every dependency: %v", err)
+	}
+	for name, drop := range map[string]func(*Deps){
+		"Log":      func(d *Deps) { d.Log = nil },
+		"Notify":   func(d *Deps) { d.Notify = nil },
+		"Syscalls": func(d *Deps) { d.Syscalls = nil },
+		"Mounter":  func(d *Deps) { d.Mounter = nil },
+		"Units":    func(d *Deps) { d.Units = nil },
+		"Root":     func(d *Deps) { d.Root = "relative" },
+	} {
+		d := full()
+		drop(&d)
+		if _, err := New(d); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("without %s: %v, want an error naming it", name, err)
+		}
 	}
 }
