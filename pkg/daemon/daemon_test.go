@@ -21,8 +21,6 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod/kmodtest"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs/libstest"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/metrics"
@@ -302,7 +300,7 @@ func TestRun(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(r.root, "etc/ld.so.conf.d/nvidia-driverd.conf")); !os.IsNotExist(err) {
 			t.Errorf("the failed tree's drop-in is still there: %v", err)
 		}
-		st, err := store.ReadState(hostTree(t, r.root), "/opt/nvidia")
+		st, err := store.ReadState(hostfixture.FS(t, r.root), "/opt/nvidia")
 		if err != nil || len(st.BadDigests) != 1 {
 			t.Fatalf("state %+v, %v", st, err)
 		}
@@ -347,7 +345,7 @@ func TestRun(t *testing.T) {
 		stop, reload := r.run(t)
 		n.until(t, "READY=1")
 		// Another holder (a prefetch, a one-shot install) has the store.
-		s, err := store.Open(hostTree(t, r.root), "/opt/nvidia")
+		s, err := store.Open(hostfixture.FS(t, r.root), "/opt/nvidia")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -476,7 +474,7 @@ func TestReplaceLoadedDriver(t *testing.T) {
 		if r.current(t) == before {
 			t.Fatal("current not switched for the next boot")
 		}
-		if st, _ := store.ReadState(hostTree(t, r.root), "/opt/nvidia"); len(st.BadDigests) != 0 {
+		if st, _ := store.ReadState(hostfixture.FS(t, r.root), "/opt/nvidia"); len(st.BadDigests) != 0 {
 			t.Fatalf("state %+v", st)
 		}
 	})
@@ -490,7 +488,7 @@ func TestDeactivate(t *testing.T) {
 		if _, err := r.d.Reconcile(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		act, err := r.d.Deactivate(context.Background(), openHost(t, r.root))
+		act, err := r.d.Deactivate(context.Background(), hostfixture.Open(t, r.root))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -508,20 +506,6 @@ func TestDeactivate(t *testing.T) {
 		}
 	})
 }
-
-// openHost opens the host tree at root for the test.
-func openHost(t *testing.T, root string) *hostinfo.Host {
-	t.Helper()
-	h, err := hostinfo.Open(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
-}
-
-// hostTree is openHost's host tree.
-func hostTree(t *testing.T, root string) *hostfs.Root { return openHost(t, root).FS() }
 
 // eventually polls cond until it holds, failing the test after 20 s.
 func eventually(t *testing.T, what string, cond func() bool) {

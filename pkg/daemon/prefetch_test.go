@@ -160,7 +160,7 @@ func (p *prefetchRig) waitState(t *testing.T, what string, ok func(store.Prefetc
 
 func (p *prefetchRig) state(t *testing.T) store.State {
 	t.Helper()
-	st, err := store.ReadState(hostTree(t, p.root), "/opt/nvidia")
+	st, err := store.ReadState(hostfixture.FS(t, p.root), "/opt/nvidia")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +278,7 @@ func TestPrefetch(t *testing.T) {
 		if got := len(p.kernel.Loaded()); got != loadedBefore {
 			t.Fatalf("prefetch loaded modules: %q", p.kernel.Loaded())
 		}
-		inv, err := store.Scan(hostTree(t, p.root), "/opt/nvidia")
+		inv, err := store.Scan(hostfixture.FS(t, p.root), "/opt/nvidia")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -502,7 +502,7 @@ func TestPrefetch(t *testing.T) {
 		if p.current(t) != runningTree {
 			t.Fatalf("current %s", p.current(t))
 		}
-		inv, err := store.Scan(hostTree(t, p.root), "/opt/nvidia")
+		inv, err := store.Scan(hostfixture.FS(t, p.root), "/opt/nvidia")
 		if err != nil {
 			t.Fatal(err)
 		}

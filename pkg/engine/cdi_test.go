@@ -11,7 +11,6 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/test/needs"
 
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod/kmodtest"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/libs/libstest"
 
@@ -78,7 +77,7 @@ func cdiHost(t *testing.T, cdiDir string, trees ...string) (string, *Activator, 
 // device nodes cannot be made.
 func cdiActivate(t *testing.T, root string, a *Activator, tree string) Activation {
 	t.Helper()
-	h := openHost(t, root)
+	h := hostfixture.Open(t, root)
 	f, err := Gather(h, a.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -187,7 +186,7 @@ func TestActivateWritesCDISpec(t *testing.T) {
 	}
 
 	*steps = nil
-	act, err = a.Deactivate(context.Background(), openHost(t, root))
+	act, err = a.Deactivate(context.Background(), hostfixture.Open(t, root))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +200,7 @@ func TestActivateWritesCDISpec(t *testing.T) {
 		t.Errorf("the spec is still there: %v", err)
 	}
 	// Deactivating again finds nothing to remove.
-	if act, err = a.Deactivate(context.Background(), openHost(t, root)); err != nil || act.CDI != "" {
+	if act, err = a.Deactivate(context.Background(), hostfixture.Open(t, root)); err != nil || act.CDI != "" {
 		t.Errorf("second Deactivate: %q, %v", act.CDI, err)
 	}
 }
@@ -216,7 +215,7 @@ func TestActivateWithoutCDIDir(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, config.Default().CDIDir)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a CDI directory was made: %v", err)
 	}
-	if _, err := a.Deactivate(context.Background(), openHost(t, root)); err != nil {
+	if _, err := a.Deactivate(context.Background(), hostfixture.Open(t, root)); err != nil {
 		t.Fatal(err)
 	}
 	if slices.Contains(*steps, "cdi") {
@@ -231,7 +230,7 @@ func TestActivateCDIStepFails(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(root, "var/run/cdi", cdi.SpecFile), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	h := openHost(t, root)
+	h := hostfixture.Open(t, root)
 	f, err := Gather(h, a.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -251,17 +250,6 @@ func TestActivateCDIStepFails(t *testing.T) {
 	if !slices.Contains(*steps, "cdi") || (*steps)[len(*steps)-1] == "cdi" && a.Config.Persistenced != "" {
 		t.Errorf("steps %v, want cdi and the steps after it", *steps)
 	}
-}
-
-// openHost opens the host tree at root for the test.
-func openHost(t *testing.T, root string) *hostinfo.Host {
-	t.Helper()
-	h, err := hostinfo.Open(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
 }
 
 func TestCDISpecFollowsVarRunInsideTheRoot(t *testing.T) {

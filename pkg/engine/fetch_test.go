@@ -29,6 +29,7 @@ import (
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/unpack"
+	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 	"github.com/nvidia-driverd/nvidia-driverd/test/kofixture"
 )
 
@@ -152,7 +153,7 @@ func newHost(t *testing.T) *installHost {
 	t.Helper()
 	h := &installHost{root: t.TempDir()}
 	var err error
-	h.store, err = store.Open(openHost(t, h.root).FS(), "/opt/nvidia")
+	h.store, err = store.Open(hostfixture.Open(t, h.root).FS(), "/opt/nvidia")
 	must(t, err)
 	st, err := h.store.Stage("old")
 	must(t, err)
@@ -168,7 +169,7 @@ func newHost(t *testing.T) *installHost {
 // and that nothing half-made is left.
 func (h *installHost) assertOldCurrent(t *testing.T) {
 	t.Helper()
-	inv, err := store.Scan(openHost(t, h.root).FS(), "/opt/nvidia")
+	inv, err := store.Scan(hostfixture.Open(t, h.root).FS(), "/opt/nvidia")
 	must(t, err)
 	if inv.Current != h.old {
 		t.Errorf("current is %q, want the old tree %q", inv.Current, h.old)
@@ -250,7 +251,7 @@ func TestFetch(t *testing.T) {
 				t.Errorf("%s: got %.40q, want %.40q", k, have[k], v)
 			}
 		}
-		inv, err := store.Scan(openHost(t, h.root).FS(), "/opt/nvidia")
+		inv, err := store.Scan(hostfixture.Open(t, h.root).FS(), "/opt/nvidia")
 		must(t, err)
 		tr := inv.Tree(got.Tree)
 		if tr == nil || tr.Meta == nil || tr.Meta.Digest != digest.String() || tr.Meta.KernelRelease != kernel || tr.Meta.Vermagic != vermagic {

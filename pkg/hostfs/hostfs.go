@@ -84,19 +84,15 @@ func (r *Root) Host(real string) string {
 // Components from the first missing one on are kept as they are, so the
 // path of something to create resolves too. It returns an error naming p
 // for a symlink loop (ELOOP) or a component that cannot be examined.
-func (r *Root) Path(p string) (string, error) {
-	rel, err := r.resolve(p, true)
-	if err != nil {
-		return "", r.pathError(p, err)
-	}
-	return filepath.Join(r.dir, rel), nil
-}
+func (r *Root) Path(p string) (string, error) { return r.path(p, true) }
 
 // Lpath is Path for the entry p itself: the directories leading to it are
 // resolved, a symlink at p is not followed (a link to replace, a device
 // node to check with lstat).
-func (r *Root) Lpath(p string) (string, error) {
-	rel, err := r.resolve(p, false)
+func (r *Root) Lpath(p string) (string, error) { return r.path(p, false) }
+
+func (r *Root) path(p string, follow bool) (string, error) {
+	rel, err := r.resolve(p, follow)
 	if err != nil {
 		return "", r.pathError(p, err)
 	}
@@ -105,21 +101,13 @@ func (r *Root) Lpath(p string) (string, error) {
 
 // Stat returns the file info of host path p, symlinks followed inside the
 // tree. Errors name p and wrap the cause (fs.ErrNotExist).
-func (r *Root) Stat(p string) (fs.FileInfo, error) {
-	rel, err := r.resolve(p, true)
-	if err != nil {
-		return nil, r.pathError(p, err)
-	}
-	fi, err := r.root.Lstat(rel)
-	if err != nil {
-		return nil, r.pathError(p, err)
-	}
-	return fi, nil
-}
+func (r *Root) Stat(p string) (fs.FileInfo, error) { return r.stat(p, true) }
 
 // Lstat is Stat without following a symlink at p itself.
-func (r *Root) Lstat(p string) (fs.FileInfo, error) {
-	rel, err := r.resolve(p, false)
+func (r *Root) Lstat(p string) (fs.FileInfo, error) { return r.stat(p, false) }
+
+func (r *Root) stat(p string, follow bool) (fs.FileInfo, error) {
+	rel, err := r.resolve(p, follow)
 	if err != nil {
 		return nil, r.pathError(p, err)
 	}

@@ -2,13 +2,14 @@ package libs
 
 import (
 	"fmt"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 )
 
 // Drivers of the test trees.
@@ -105,21 +106,10 @@ func (h *host) ldRuns() []string {
 	return strings.Split(strings.TrimSpace(string(data)), "\n")
 }
 
-// hostTree opens the host tree at dir for the test.
-func hostTree(t testing.TB, dir string) *hostfs.Root {
-	t.Helper()
-	r, err := hostfs.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
-}
-
 // config returns a Config activating driver's tree in mode on h.
 func (h *host) config(driver string, mode Mode) Config {
 	return Config{
-		FS:        hostTree(h.t, h.root),
+		FS:        hostfixture.FS(h.t, h.root),
 		Store:     store,
 		Tree:      treeOf(driver),
 		Mode:      mode,

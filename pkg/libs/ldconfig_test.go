@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 )
 
 const cacheOutput = `1204 libs found in cache ` + "`/etc/ld.so.cache'" + `
@@ -123,7 +125,7 @@ func TestActivateLdconfig(t *testing.T) {
 
 func TestDefaults(t *testing.T) {
 	t.Run("ldconfig runs plain on the root / and chrooted with -r under another root", func(t *testing.T) {
-		s, err := Config{FS: hostTree(t, "/"), Store: store}.setup(false)
+		s, err := Config{FS: hostfixture.FS(t, "/"), Store: store}.setup(false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +133,7 @@ func TestDefaults(t *testing.T) {
 			t.Errorf("on /: %q", s.ldconfig)
 		}
 		h := newHost(t)
-		s, err = Config{FS: hostTree(t, h.root), Store: store}.setup(false)
+		s, err = Config{FS: hostfixture.FS(t, h.root), Store: store}.setup(false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +143,7 @@ func TestDefaults(t *testing.T) {
 	})
 
 	t.Run("the mount table is this namespace's and the SONAMEs are libcuda and libnvidia-ml", func(t *testing.T) {
-		s, err := Config{FS: hostTree(t, "/"), Store: store}.setup(false)
+		s, err := Config{FS: hostfixture.FS(t, "/"), Store: store}.setup(false)
 		if err != nil {
 			t.Fatal(err)
 		}

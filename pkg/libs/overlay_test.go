@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 	"golang.org/x/sys/unix"
 )
 
@@ -308,7 +309,7 @@ func TestDeactivate(t *testing.T) {
 		}
 		h.write(DropIn, "left by ldconfig mode\n")
 		m := h.mounter()
-		r, err := Deactivate(m, Config{FS: hostTree(t, h.root), Store: store, Mountinfo: h.mountinfo, Ldconfig: h.ldconfig})
+		r, err := Deactivate(m, Config{FS: hostfixture.FS(t, h.root), Store: store, Mountinfo: h.mountinfo, Ldconfig: h.ldconfig})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -328,7 +329,7 @@ func TestDeactivate(t *testing.T) {
 	t.Run("changes nothing but the cache when nothing is active", func(t *testing.T) {
 		h := newHost(t)
 		m := h.mounter()
-		r, err := Deactivate(m, Config{FS: hostTree(t, h.root), Store: store, Mountinfo: h.mountinfo, Ldconfig: h.ldconfig})
+		r, err := Deactivate(m, Config{FS: hostfixture.FS(t, h.root), Store: store, Mountinfo: h.mountinfo, Ldconfig: h.ldconfig})
 		if err != nil {
 			t.Fatal(err)
 		}

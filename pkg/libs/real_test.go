@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 	"github.com/nvidia-driverd/nvidia-driverd/test/needs"
 
 	"golang.org/x/sys/unix"
@@ -90,7 +91,7 @@ func TestLdconfigModeWithRealLdconfig(t *testing.T) {
 	root := buildRoot(t, t.TempDir(), driver1, driver2)
 	writeFile(t, root+"/etc/ld.so.conf", "include /etc/ld.so.conf.d/*.conf\n")
 	hostCache := fileStamp(t, "/etc/ld.so.cache")
-	c := Config{FS: hostTree(t, root), Store: store, Tree: treeOf(driver1), Mode: ModeLdconfig}
+	c := Config{FS: hostfixture.FS(t, root), Store: store, Tree: treeOf(driver1), Mode: ModeLdconfig}
 	m := &fakeMounter{t: t}
 	inRoot := []string{"ldconfig", "-r", root}
 
@@ -131,7 +132,7 @@ func TestLdconfigModeWithRealLdconfig(t *testing.T) {
 	})
 
 	t.Run("deactivation removes the drop-in and the tree from the cache", func(t *testing.T) {
-		r, err := Deactivate(m, Config{FS: hostTree(t, root), Store: store})
+		r, err := Deactivate(m, Config{FS: hostfixture.FS(t, root), Store: store})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -205,7 +206,7 @@ func TestOverlayInMountNamespaceChild(t *testing.T) {
 	lib, bin := root+"/usr/lib64", root+"/opt/bin"
 	ld := []string{"ldconfig", "-X", "-C", fix + "/ld.so.cache", "-f", fix + "/ld.so.conf"}
 	config := func(driver string) Config {
-		return Config{FS: hostTree(t, root), Store: store, Tree: treeOf(driver), Mode: ModeOverlay, Ldconfig: ld}
+		return Config{FS: hostfixture.FS(t, root), Store: store, Tree: treeOf(driver), Mode: ModeOverlay, Ldconfig: ld}
 	}
 	var m Syscalls
 
@@ -288,7 +289,7 @@ func TestOverlayInMountNamespaceChild(t *testing.T) {
 		t.Errorf("after the switch libcuda.so.1 => %q", cache["libcuda.so.1"])
 	}
 
-	r, err = Deactivate(m, Config{FS: hostTree(t, root), Store: store, Ldconfig: ld})
+	r, err = Deactivate(m, Config{FS: hostfixture.FS(t, root), Store: store, Ldconfig: ld})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 	"github.com/nvidia-driverd/nvidia-driverd/test/kofixture"
 )
 
@@ -27,7 +28,7 @@ func layTree(t *testing.T, root, path, kernel string) {
 func TestScan(t *testing.T) {
 	t.Parallel()
 	t.Run("a missing store is empty, not an error", func(t *testing.T) {
-		inv, err := Scan(hostTree(t, t.TempDir()), "/opt/nvidia")
+		inv, err := Scan(hostfixture.FS(t, t.TempDir()), "/opt/nvidia")
 		if err != nil || len(inv.Trees) != 0 || inv.Current != "" {
 			t.Fatalf("%+v, %v", inv, err)
 		}
@@ -47,7 +48,7 @@ func TestScan(t *testing.T) {
 		must(t, os.MkdirAll(filepath.Join(store, StagingDir, "550.54.14-3815.2.0-1"), 0o755))
 		must(t, os.MkdirAll(filepath.Join(store, "550.54.14", ".hidden"), 0o755))
 
-		inv, err := Scan(hostTree(t, root), "/opt/nvidia")
+		inv, err := Scan(hostfixture.FS(t, root), "/opt/nvidia")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -75,7 +76,7 @@ func TestScan(t *testing.T) {
 		root := t.TempDir()
 		layTree(t, root, "/opt/nvidia/384.111/1576.5.0", "4.14.11-coreos")
 		must(t, os.Symlink("/opt/nvidia/384.111/1576.5.0", filepath.Join(root, "opt/nvidia", CurrentLink)))
-		inv, err := Scan(hostTree(t, root), "/opt/nvidia")
+		inv, err := Scan(hostfixture.FS(t, root), "/opt/nvidia")
 		if err != nil || inv.Current != "/opt/nvidia/384.111/1576.5.0" {
 			t.Fatalf("%q, %v", inv.Current, err)
 		}
@@ -85,7 +86,7 @@ func TestScan(t *testing.T) {
 		root := t.TempDir()
 		must(t, os.MkdirAll(filepath.Join(root, "opt/nvidia"), 0o755))
 		must(t, os.Symlink("550.54.14/gone", filepath.Join(root, "opt/nvidia", CurrentLink)))
-		inv, err := Scan(hostTree(t, root), "/opt/nvidia")
+		inv, err := Scan(hostfixture.FS(t, root), "/opt/nvidia")
 		if err != nil || inv.Current != "" || len(inv.Problems) != 1 || !strings.Contains(inv.Problems[0], "not an installed tree") {
 			t.Fatalf("%+v, %v", inv, err)
 		}
@@ -95,7 +96,7 @@ func TestScan(t *testing.T) {
 		root := t.TempDir()
 		must(t, os.MkdirAll(filepath.Join(root, "opt/nvidia"), 0o755))
 		must(t, os.Symlink("../../etc", filepath.Join(root, "opt/nvidia", CurrentLink)))
-		inv, err := Scan(hostTree(t, root), "/opt/nvidia")
+		inv, err := Scan(hostfixture.FS(t, root), "/opt/nvidia")
 		if err != nil || inv.Current != "" || len(inv.Problems) != 1 {
 			t.Fatalf("%+v, %v", inv, err)
 		}
@@ -107,7 +108,7 @@ func TestScan(t *testing.T) {
 		tree := filepath.Join(root, "opt/nvidia/550.54.14/3815.2.0")
 		must(t, os.WriteFile(filepath.Join(tree, "lib/modules/6.1.77-flatcar/video/nvidia-drm.ko"), []byte("not elf"), 0o644))
 		must(t, os.WriteFile(filepath.Join(tree, MetaFile), []byte("{"), 0o644))
-		inv, err := Scan(hostTree(t, root), "/opt/nvidia")
+		inv, err := Scan(hostfixture.FS(t, root), "/opt/nvidia")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -132,7 +133,7 @@ func TestReadTree(t *testing.T) {
 	t.Run("a tree outside any store is read with its module versions", func(t *testing.T) {
 		root := t.TempDir()
 		layTree(t, root, "/src/550.54.14/x", "6.1.77-flatcar")
-		tr := ReadTree(hostTree(t, root), "/src/550.54.14/x", "550.54.14", "3815.2.0")
+		tr := ReadTree(hostfixture.FS(t, root), "/src/550.54.14/x", "550.54.14", "3815.2.0")
 		if tr.Path != "/src/550.54.14/x" || tr.OSVersion != "3815.2.0" || len(tr.Modules) != 2 {
 			t.Fatalf("%+v", tr)
 		}

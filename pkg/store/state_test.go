@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 )
 
 func TestPrefetchState(t *testing.T) {
@@ -19,23 +21,23 @@ func TestPrefetchState(t *testing.T) {
 }`
 		must(t, os.MkdirAll(filepath.Join(root, "opt/nvidia"), 0o755))
 		must(t, os.WriteFile(filepath.Join(root, "opt/nvidia", StateFile), []byte(old), 0o644))
-		st, err := ReadState(hostTree(t, root), "/opt/nvidia")
+		st, err := ReadState(hostfixture.FS(t, root), "/opt/nvidia")
 		if err != nil || st.Prefetch != nil || st.Reasons()["sha256:abc"] != "nvidia: probe failed" {
 			t.Fatalf("%+v, %v", st, err)
 		}
-		s, err := Open(hostTree(t, root), "/opt/nvidia")
+		s, err := Open(hostfixture.FS(t, root), "/opt/nvidia")
 		must(t, err)
 		p := Prefetch{Driver: "550.54.14", OSVersion: "4081.2.0", Tag: "4081.2.0-550.54.14",
 			State: PrefetchFailed, Error: "no such tag", At: time.Date(2024, 3, 2, 0, 0, 0, 0, time.UTC), Attempts: 2,
 			NextRetry: time.Date(2024, 3, 2, 0, 1, 0, 0, time.UTC)}
 		must(t, s.SetPrefetch(p))
-		st, err = ReadState(hostTree(t, root), "/opt/nvidia")
+		st, err = ReadState(hostfixture.FS(t, root), "/opt/nvidia")
 		if err != nil || st.Prefetch == nil || *st.Prefetch != p || len(st.BadDigests) != 1 {
 			t.Fatalf("%+v, %v", st, err)
 		}
 		// A later MarkBad keeps the prefetch record.
 		must(t, s.MarkBad("sha256:def", "ENOEXEC"))
-		st, err = ReadState(hostTree(t, root), "/opt/nvidia")
+		st, err = ReadState(hostfixture.FS(t, root), "/opt/nvidia")
 		if err != nil || st.Prefetch == nil || st.Prefetch.State != PrefetchFailed || len(st.BadDigests) != 2 {
 			t.Fatalf("%+v, %v", st, err)
 		}
@@ -43,7 +45,7 @@ func TestPrefetchState(t *testing.T) {
 
 	t.Run("the file names the prefetch fields as documented, and omits an unscheduled retry", func(t *testing.T) {
 		root := t.TempDir()
-		s, err := Open(hostTree(t, root), "/opt/nvidia")
+		s, err := Open(hostfixture.FS(t, root), "/opt/nvidia")
 		must(t, err)
 		must(t, s.SetPrefetch(Prefetch{Driver: "550.54.14", OSVersion: "4081.2.0", KernelRelease: "6.6.30-flatcar",
 			Tag: "4081.2.0-550.54.14", Tree: "/opt/nvidia/550.54.14/4081.2.0", Digest: "sha256:0123",

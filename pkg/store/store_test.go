@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 	"io/fs"
 	"maps"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nvidia-driverd/nvidia-driverd/test/hostfixture"
 	"github.com/nvidia-driverd/nvidia-driverd/test/kofixture"
 )
 
@@ -57,7 +57,7 @@ func writeTree(st *Staging, digest string, midway func()) error {
 // openStore opens the test store under root.
 func openStore(t *testing.T, root string, opts ...Option) *Store {
 	t.Helper()
-	s, err := Open(hostTree(t, root), storeDir, opts...)
+	s, err := Open(hostfixture.FS(t, root), storeDir, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func staged(t *testing.T, root string) []string {
 
 func scan(t *testing.T, root string) Inventory {
 	t.Helper()
-	inv, err := Scan(hostTree(t, root), storeDir)
+	inv, err := Scan(hostfixture.FS(t, root), storeDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func TestOpen(t *testing.T) {
 	})
 
 	t.Run("a relative store path is refused", func(t *testing.T) {
-		if _, err := Open(hostTree(t, t.TempDir()), "opt/nvidia"); err == nil || !strings.Contains(err.Error(), "not absolute") {
+		if _, err := Open(hostfixture.FS(t, t.TempDir()), "opt/nvidia"); err == nil || !strings.Contains(err.Error(), "not absolute") {
 			t.Fatal(err)
 		}
 	})
@@ -176,7 +176,7 @@ func TestOpen(t *testing.T) {
 		root := t.TempDir()
 		must(t, os.MkdirAll(filepath.Join(root, storeDir), 0o755))
 		must(t, os.Symlink("/tmp", filepath.Join(root, storeDir, StagingDir)))
-		if _, err := Open(hostTree(t, root), storeDir); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		if _, err := Open(hostfixture.FS(t, root), storeDir); err == nil || !strings.Contains(err.Error(), "not a directory") {
 			t.Fatal(err)
 		}
 	})
@@ -679,11 +679,11 @@ func TestState(t *testing.T) {
 	t.Parallel()
 	t.Run("a bad digest is remembered across opens", func(t *testing.T) {
 		root := t.TempDir()
-		s, err := Open(hostTree(t, root), "/opt/nvidia")
+		s, err := Open(hostfixture.FS(t, root), "/opt/nvidia")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st, err := ReadState(hostTree(t, root), "/opt/nvidia"); err != nil || len(st.BadDigests) != 0 {
+		if st, err := ReadState(hostfixture.FS(t, root), "/opt/nvidia"); err != nil || len(st.BadDigests) != 0 {
 			t.Fatalf("%+v, %v", st, err)
 		}
 		if err := s.MarkBad("sha256:abc", "nvidia: probe failed"); err != nil {
@@ -692,7 +692,7 @@ func TestState(t *testing.T) {
 		if err := s.MarkBad("sha256:def", "ENOEXEC"); err != nil {
 			t.Fatal(err)
 		}
-		st, err := ReadState(hostTree(t, root), "/opt/nvidia")
+		st, err := ReadState(hostfixture.FS(t, root), "/opt/nvidia")
 		if err != nil || st.Reasons()["sha256:abc"] != "nvidia: probe failed" || len(st.BadDigests) != 2 {
 			t.Fatalf("%+v, %v", st, err)
 		}
@@ -705,19 +705,8 @@ func TestState(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(root, "opt/nvidia", StateFile), []byte("{"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ReadState(hostTree(t, root), "/opt/nvidia"); err == nil || !strings.Contains(err.Error(), StateFile) {
+		if _, err := ReadState(hostfixture.FS(t, root), "/opt/nvidia"); err == nil || !strings.Contains(err.Error(), StateFile) {
 			t.Fatalf("got %v", err)
 		}
 	})
-}
-
-// hostTree opens the host tree at dir for the test.
-func hostTree(t testing.TB, dir string) *hostfs.Root {
-	t.Helper()
-	r, err := hostfs.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	return r
 }
