@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 )
 
 // globals are the settings every command shares, filled from flags before
@@ -170,12 +171,24 @@ func (g *globals) setup(cmd *cobra.Command) error {
 	src := config.Sources{Environ: g.environ, Flags: cmd.Flags()}
 	if g.configFile != "" {
 		src.File, src.FileRequired = g.configFile, true
-	} else {
-		src.File = filepath.Join(g.root, config.DefaultFile)
+	} else if src.File, err = hostPath(g.root, config.DefaultFile); err != nil {
+		return usageError{err}
 	}
 	g.cfg, err = config.Load(src)
 	if err != nil {
 		return usageError{err}
 	}
 	return nil
+}
+
+// hostPath resolves host path p inside the host tree at root, for the
+// few files a command opens itself (the config file, the metrics
+// textfile, the units it installs).
+func hostPath(root, p string) (string, error) {
+	host, err := hostfs.Open(root)
+	if err != nil {
+		return "", err
+	}
+	defer host.Close()
+	return host.Path(p)
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -123,7 +122,11 @@ func (g *globals) metrics(ctx context.Context, d *daemon.Daemon) *metrics.Server
 	}
 	d.Metrics = metrics.New()
 	if c.MetricsTextfile != "" {
-		if err := d.Metrics.SetTextfile(filepath.Join(g.root, c.MetricsTextfile), g.log); err != nil {
+		p, err := hostPath(g.root, c.MetricsTextfile)
+		if err == nil {
+			err = d.Metrics.SetTextfile(p, g.log)
+		}
+		if err != nil {
 			g.log.Error("metrics textfile", zap.Error(err))
 		}
 	}

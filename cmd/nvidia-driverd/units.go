@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/atomicfile"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 	units "github.com/nvidia-driverd/nvidia-driverd/systemd"
 )
 
@@ -65,12 +64,7 @@ Each file is replaced atomically and left alone when unchanged. Then run:
 // installFile writes data to host path dest atomically, leaving an
 // identical file alone, and says which it did.
 func (g *globals) installFile(dest string, data []byte, mode fs.FileMode) error {
-	host, err := hostfs.Open(g.root)
-	if err != nil {
-		return err
-	}
-	defer host.Close()
-	p, err := host.Path(dest)
+	p, err := hostPath(g.root, dest)
 	if err != nil {
 		return fmt.Errorf("install %s: %w", dest, err)
 	}

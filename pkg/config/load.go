@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"strings"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
@@ -54,6 +55,9 @@ func BindFlags(fs *pflag.FlagSet) {
 	}
 }
 
+// maxFileBytes bounds the config file read: a few dozen keys.
+const maxFileBytes = 1 << 20
+
 // Load merges defaults, the file, the environment and the flags, in that
 // order of rising precedence. It returns an error naming the file and line,
 // the environment variable or the flag for a malformed or unknown setting,
@@ -68,7 +72,7 @@ func Load(src Sources) (Loaded, error) {
 	if file == "" {
 		file = DefaultFile
 	}
-	data, err := os.ReadFile(file)
+	data, err := hostfs.ReadRegular(file, maxFileBytes)
 	switch {
 	case err == nil:
 		if err := applyYAML(&out, file, data); err != nil {

@@ -49,7 +49,7 @@ func (s setup) libDirs() ([]string, error) {
 		return nil, err
 	}
 	if point == "" {
-		point = filepath.Join(s.root, "/usr/lib64")
+		point = s.fs.Join("/usr/lib64")
 	}
 	return uniq([]string{"/usr/lib64", point, s.fs.Host(point)}), nil
 }

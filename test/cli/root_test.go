@@ -170,6 +170,14 @@ func TestRootConfinement(t *testing.T) {
 			args: []string{"status"}, code: 1, want: "etc/os-release: file too large",
 		},
 		{
+			name: "the config file is a FIFO: a usage error naming it, not a hang",
+			host: "flatcar-ready",
+			setup: func(t *testing.T, root string) {
+				replace(t, root, "etc/nvidia-driverd/config.yaml", fifo)
+			},
+			args: []string{"status"}, code: 2, want: "etc/nvidia-driverd/config.yaml: not a regular file (a FIFO)",
+		},
+		{
 			name: "the state file links to /etc/shadow: the root's own file is read",
 			host: "flatcar-ready",
 			setup: func(t *testing.T, root string) {
