@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
@@ -45,6 +46,8 @@ type Config struct {
 	ImageSubdir        string            // template: the tree's directory inside the image
 	MaxImageBytes      int64             // unpack limit on file bytes
 	MaxImageEntries    int               // unpack limit on entries
+	FetchTimeout       time.Duration     // the most one fetch of an image may take
+	StallTimeout       time.Duration     // a download making no progress this long is retried, then failed
 
 	ModuleParams  map[string]string // module -> "k=v k2=v2"
 	LibraryMode   string            // auto, overlay or ldconfig
@@ -70,6 +73,8 @@ func Default() Config {
 
 		MaxImageBytes:   8 << 30,
 		MaxImageEntries: 200000,
+		FetchTimeout:    30 * time.Minute,
+		StallTimeout:    time.Minute,
 
 		ModuleParams:  map[string]string{},
 		LibraryMode:   "auto",
@@ -116,6 +121,16 @@ var (
 	unitRE          = regexp.MustCompile(`^[A-Za-z0-9:_.@-]+\.service$`)
 	moduleNameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,55}$`)
 )
+
+// positiveDuration parses a duration such as 90s or 30m, which must be
+// positive.
+func positiveDuration(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("want a positive duration such as 90s or 30m, got %q", v)
+	}
+	return d, nil
+}
 
 // IsDriverVersion reports whether v has the shape of an NVIDIA driver
 // version: two to four dot-separated numbers, such as 550.54.14.
@@ -342,6 +357,26 @@ var keys = []key{
 			return nil
 		},
 		get: func(c Config) any { return c.MaxImageEntries },
+	},
+	{
+		name: "fetch-timeout", kind: kindString,
+		usage: "the most one image download may take, e.g. 30m; it then fails and the store lock is released",
+		set: func(c *Config, raw []string) error {
+			d, err := positiveDuration(raw[0])
+			c.FetchTimeout = d
+			return err
+		},
+		get: func(c Config) any { return c.FetchTimeout.String() },
+	},
+	{
+		name: "stall-timeout", kind: kindString,
+		usage: "a registry read that makes no progress this long, e.g. 1m, is retried, then fails",
+		set: func(c *Config, raw []string) error {
+			d, err := positiveDuration(raw[0])
+			c.StallTimeout = d
+			return err
+		},
+		get: func(c Config) any { return c.StallTimeout.String() },
 	},
 	{
 		name: "module-params", kind: kindMap,

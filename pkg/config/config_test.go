@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
@@ -73,6 +74,8 @@ platform: linux/arm64
 image-subdir: /opt/nvidia/{{.DriverVersion}}/{{.OSVersion}}/
 max-image-bytes: 1000000
 max-image-entries: 500
+fetch-timeout: 10m
+stall-timeout: 45s
 module-params:
   nvidia: NVreg_EnableMSI=1  NVreg_PreserveVideoMemoryAllocations=1
   nvidia-drm: modeset=1
@@ -105,6 +108,8 @@ metrics-textfile: /var/lib/node_exporter/textfile/nvidia-driverd.prom
 			ImageSubdir:        "opt/nvidia/{{.DriverVersion}}/{{.OSVersion}}",
 			MaxImageBytes:      1000000,
 			MaxImageEntries:    500,
+			FetchTimeout:       10 * time.Minute,
+			StallTimeout:       45 * time.Second,
 
 			ModuleParams:  map[string]string{"nvidia": "NVreg_EnableMSI=1 NVreg_PreserveVideoMemoryAllocations=1", "nvidia_drm": "modeset=1"},
 			LibraryMode:   "ldconfig",

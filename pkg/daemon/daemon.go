@@ -520,21 +520,7 @@ func (d *Daemon) Fetch(ctx context.Context, s *store.Store, a engine.Assessment,
 	}
 	f := engine.NewFetcher(src, s, d.Config, a.State)
 	if progress {
-		var mu sync.Mutex // Progress is called from every layer's goroutine
-		var last time.Time
-		f.Progress = func(done, total int64) {
-			if d.Progress != nil {
-				d.Progress(done, total)
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if time.Since(last) < time.Second && done < total {
-				return
-			}
-			last = time.Now()
-			d.notify(d.Notify.Status(systemd.Progress("pulling", done, total)))
-			d.notify(d.Notify.ExtendTimeout(2 * time.Minute))
-		}
+		f.Progress = d.pullProgress(time.Now())
 	}
 	log := d.Log.With(zap.String("driver", t.Driver), zap.String("tag", t.Tag), zap.String("kernel", t.Kernel.Release))
 	log.Debug("fetch started")
@@ -547,6 +533,43 @@ func (d *Daemon) Fetch(ctx context.Context, s *store.Store, a engine.Assessment,
 	log.Info("fetched", zap.String("image", got.Image), zap.String("tree", got.Tree), zap.Bool("reused", got.Reused),
 		zap.Int64("bytes", got.Bytes), zap.Duration("took", time.Since(start)))
 	return got, nil
+}
+
+// extendBy is how much each EXTEND_TIMEOUT_USEC= during a download asks
+// for: systemd fails the start unless the next one comes within it.
+const extendBy = 2 * time.Minute
+
+// pullProgress returns the progress callback of the daemon's own
+// download, started at start: STATUS= says how far it is, at most once a
+// second, and systemd's start timeout is extended only while the download
+// makes real progress (source.MinProgress bytes since the last extension,
+// or the last bytes) and never past fetch-timeout after start, so a registry trickling bytes
+// cannot keep kubelet waiting for ever.
+func (d *Daemon) pullProgress(start time.Time) func(done, total int64) {
+	var (
+		mu           sync.Mutex // Progress is called from every layer's goroutine
+		last         time.Time
+		extendedAt   int64
+		extendBefore = start.Add(d.Config.FetchTimeout)
+	)
+	return func(done, total int64) {
+		if d.Progress != nil {
+			d.Progress(done, total)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		now := time.Now()
+		if now.Sub(last) < time.Second && done < total {
+			return
+		}
+		last = now
+		d.notify(d.Notify.Status(systemd.Progress("pulling", done, total)))
+		progressed := done-extendedAt >= source.MinProgress || (done == total && done > extendedAt)
+		if progressed && (d.Config.FetchTimeout <= 0 || now.Before(extendBefore)) {
+			extendedAt = done
+			d.notify(d.Notify.ExtendTimeout(extendBy))
+		}
+	}
 }
 
 // rollback remembers that tree's image (digest) failed and points current

@@ -145,7 +145,8 @@ func SourceOptions(cfg config.Config) (source.Options, error) {
 	if err != nil {
 		return source.Options{}, fmt.Errorf("platform %q: %w", cfg.Platform, err)
 	}
-	return source.Options{Insecure: cfg.InsecureRegistries, Mirrors: cfg.Mirrors, Platform: *p, Digests: cfg.Digests}, nil
+	return source.Options{Insecure: cfg.InsecureRegistries, Mirrors: cfg.Mirrors, Platform: *p, Digests: cfg.Digests,
+		StallTimeout: cfg.StallTimeout}, nil
 }
 
 // ErrNoRepository says that cfg names no place to fetch images from.
@@ -154,6 +155,6 @@ var ErrNoRepository = errors.New("no repository configured (repository, or sourc
 // NewFetcher is a Fetcher from src into s for cfg, refusing the images
 // that failed before according to st.
 func NewFetcher(src source.Source, s *store.Store, cfg config.Config, st store.State) *Fetcher {
-	return &Fetcher{Source: src, Store: s, Modules: cfg.Modules, BadDigests: st.Reasons(),
+	return &Fetcher{Source: src, Store: s, Modules: cfg.Modules, BadDigests: st.Reasons(), Timeout: cfg.FetchTimeout,
 		Limits: unpack.Limits{MaxBytes: cfg.MaxImageBytes, MaxEntries: cfg.MaxImageEntries}}
 }

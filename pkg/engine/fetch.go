@@ -41,6 +41,9 @@ type Fetcher struct {
 	Limits  unpack.Limits
 	// BadDigests are images that failed before; they are refused.
 	BadDigests map[string]string
+	// Timeout bounds one Fetch, resolving the image and every layer
+	// included; 0 means none.
+	Timeout time.Duration
 	// Progress, when set, is called as compressed bytes arrive, with the
 	// bytes so far and the total: from several goroutines, but one call
 	// at a time.
@@ -67,6 +70,19 @@ type Fetched struct {
 // and commits the tree. It never touches `current`. On error nothing but
 // staging leftovers (removed here, or by the next Clean) remains.
 func (f *Fetcher) Fetch(ctx context.Context, t Target) (Fetched, error) {
+	if f.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, f.Timeout, fmt.Errorf("fetch of %s took longer than fetch-timeout %v", t.Tag, f.Timeout))
+		defer cancel()
+	}
+	out, err := f.fetch(ctx, t)
+	if err != nil && context.Cause(ctx) != nil && ctx.Err() == context.DeadlineExceeded {
+		err = fmt.Errorf("%w: %w", context.Cause(ctx), err)
+	}
+	return out, err
+}
+
+func (f *Fetcher) fetch(ctx context.Context, t Target) (Fetched, error) {
 	img, err := f.Source.Image(ctx, t.Tag)
 	if err != nil {
 		return Fetched{}, err
@@ -213,7 +229,13 @@ func (f *Fetcher) layer(ctx context.Context, img *source.Image, i int, tree *unp
 	if err == nil {
 		// Read to the very end: the digest is checked at EOF of the
 		// compressed stream, which the tar reader alone may not reach.
-		_, err = io.Copy(io.Discard, dr)
+		// What follows the tar's end (padding) is bounded: a small layer
+		// must not decompress to gigabytes of nothing.
+		var n int64
+		n, err = io.Copy(io.Discard, io.LimitReader(dr, maxTrailing+1))
+		if err == nil && n > maxTrailing {
+			err = fmt.Errorf("more than %d bytes follow the end of its tar archive", maxTrailing)
+		}
 	}
 	// Closing dr stops its read-ahead goroutines; only then is rc ours
 	// to read again.
@@ -239,6 +261,10 @@ func (f *Fetcher) check(st *store.Staging, t Target) (Fit, error) {
 	}
 	return fit, nil
 }
+
+// maxTrailing bounds the decompressed bytes a layer may have after the
+// end of its tar archive: tar pads to 10 KiB records, some writers to more.
+const maxTrailing = 1 << 20
 
 type countingReader struct {
 	r   io.Reader

@@ -99,12 +99,15 @@ type testRegistry struct {
 	blobs atomic.Int64
 	// fault, when set, may answer a request instead of the registry.
 	fault func(w http.ResponseWriter, r *http.Request) bool
+	// backend is the registry itself.
+	backend http.Handler
 }
 
 func newRegistry(t *testing.T) *testRegistry {
 	t.Helper()
 	r := &testRegistry{}
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	r.backend = reg
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
 			r.blobs.Add(1)

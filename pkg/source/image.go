@@ -101,6 +101,13 @@ func describe(ref, source string, digest v1.Hash, img v1.Image, platform v1.Plat
 	if err != nil {
 		return nil, fmt.Errorf("read manifest of %s: %w", ref, err)
 	}
+	// Refused before the config or any layer is read.
+	switch {
+	case m.Config.Size > MaxConfigBytes:
+		return nil, fmt.Errorf("%s: config of %d bytes: %w (the limit is %d)", ref, m.Config.Size, ErrTooLarge, MaxConfigBytes)
+	case len(m.Layers) > MaxLayers:
+		return nil, fmt.Errorf("%s: %d layers: %w (the limit is %d)", ref, len(m.Layers), ErrTooLarge, MaxLayers)
+	}
 	raw, err := img.RawConfigFile()
 	if err != nil {
 		return nil, fmt.Errorf("read config of %s: %w", ref, err)
@@ -148,6 +155,13 @@ func describe(ref, source string, digest v1.Hash, img v1.Image, platform v1.Plat
 	}
 	return out, nil
 }
+
+// Caps on what an image's manifest may ask for, far above what a driver
+// image needs (a few layers, a config of a few KiB).
+const (
+	MaxConfigBytes = 8 << 20
+	MaxLayers      = 256
+)
 
 // verifier checks a stream against a digest and a size as it is read.
 type verifier struct {

@@ -40,7 +40,7 @@ func NewLayout(path string, opts Options) *Layout {
 func (l *Layout) Image(_ context.Context, tag string) (*Image, error) {
 	p, err := layout.FromPath(l.path)
 	if err != nil {
-		return nil, fmt.Errorf("read OCI layout %s: %w", l.path, err)
+		return nil, fmt.Errorf("read OCI layout: %w", err) // err names the path
 	}
 	idx, err := p.ImageIndex()
 	if err != nil {
@@ -64,6 +64,9 @@ func (l *Layout) Image(_ context.Context, tag string) (*Image, error) {
 	}
 	if pin, ok := l.opts.Digests[tag]; ok && found.Digest.String() != pin {
 		return nil, refusal(fmt.Sprintf("%s resolves to %s, but digests pins %s", ref, found.Digest, pin))
+	}
+	if found.Size > MaxManifestBytes {
+		return nil, fmt.Errorf("%s: manifest of %d bytes: %w (the limit is %d)", ref, found.Size, ErrTooLarge, MaxManifestBytes)
 	}
 	img, err := l.pick(idx, *found)
 	if err != nil {

@@ -40,6 +40,10 @@ type Options struct {
 	// Timeout bounds connecting and waiting for response headers of one
 	// request (a download itself may take longer); 0 means 30 s.
 	Timeout time.Duration
+	// StallTimeout is how long a response body may go without progress
+	// (MinProgress bytes) before the read is given up and retried; 0
+	// means 1 min.
+	StallTimeout time.Duration
 	// RootCAs, when set, replace the system roots (tests use a private CA).
 	TLSConfig *tls.Config
 }
@@ -56,6 +60,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 30 * time.Second
+	}
+	if o.StallTimeout == 0 {
+		o.StallTimeout = time.Minute
 	}
 	return o
 }
@@ -89,7 +96,7 @@ func NewRegistry(repository string, opts Options) (*Registry, error) {
 			return nil, fmt.Errorf("digest pin for %q: %w", tag, err)
 		}
 	}
-	r.rt = newRetryTransport(newHostTransport(opts), opts.Retry)
+	r.rt = newRetryTransport(newHostTransport(opts), opts.Retry, opts.StallTimeout)
 	return r, nil
 }
 

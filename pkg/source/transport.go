@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -40,15 +41,27 @@ var DefaultRetry = Retry{Attempts: 5, Base: 500 * time.Millisecond, Max: 15 * ti
 type retryTransport struct {
 	base  http.RoundTripper
 	retry Retry
+	stall time.Duration // see stallBody; 0 for none
 	sleep func(ctx context.Context, d time.Duration) error
 }
 
-func newRetryTransport(base http.RoundTripper, r Retry) *retryTransport {
+func newRetryTransport(base http.RoundTripper, r Retry, stall time.Duration) *retryTransport {
 	if r.Attempts < 1 {
 		r.Attempts = 1
 	}
-	return &retryTransport{base: base, retry: r, sleep: sleepContext}
+	return &retryTransport{base: base, retry: r, stall: stall, sleep: sleepContext}
 }
+
+// MaxRedirects bounds the redirects one request follows, as Go's own
+// client does: go-containerregistry's transport does not.
+const MaxRedirects = 10
+
+// MaxManifestBytes bounds a manifest or an index, well above what an
+// image of a few hundred layers needs (containerd allows 4 MiB too).
+const MaxManifestBytes = 4 << 20
+
+// ErrTooLarge is wrapped when a registry's answer exceeds its cap.
+var ErrTooLarge = errors.New("too large")
 
 func sleepContext(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
@@ -63,12 +76,21 @@ func sleepContext(ctx context.Context, d time.Duration) error {
 
 // RoundTrip sends req, retrying as described at retryTransport.
 func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if n := redirects(req); n > MaxRedirects {
+		return nil, fmt.Errorf("%s %s: stopped after %d redirects", req.Method, req.URL.Redacted(), MaxRedirects)
+	}
 	if req.Method != http.MethodGet && req.Method != http.MethodHead {
 		return t.base.RoundTrip(req) // uploads are not replayable here
 	}
 	resp, err := t.roundTrip(req)
-	if err != nil || req.Method != http.MethodGet || resp.StatusCode != http.StatusOK || resp.ContentLength <= 0 {
+	if err != nil || req.Method != http.MethodGet || resp.StatusCode != http.StatusOK {
 		return resp, err
+	}
+	if strings.Contains(req.URL.Path, "/manifests/") {
+		return capManifest(req, resp)
+	}
+	if resp.ContentLength <= 0 {
+		return resp, nil
 	}
 	resp.Body = &resumingBody{t: t, req: req, body: resp.Body, size: resp.ContentLength, etag: resp.Header.Get("ETag")}
 	return resp, nil
@@ -80,6 +102,9 @@ func (t *retryTransport) roundTrip(req *http.Request) (*http.Response, error) {
 		resp, err := t.base.RoundTrip(req)
 		wait, retry := t.shouldRetry(resp, err, attempt)
 		if !retry {
+			if err == nil && t.stall > 0 {
+				resp.Body = newStallBody(resp.Body, t.stall)
+			}
 			return resp, err
 		}
 		if resp != nil {
@@ -236,3 +261,101 @@ func (b *resumingBody) resume() error {
 }
 
 func (b *resumingBody) Close() error { return b.body.Close() }
+
+// redirects counts the redirects that led to req.
+func redirects(req *http.Request) int {
+	n := 0
+	for r := req.Response; r != nil && r.Request != nil; r = r.Request.Response {
+		n++
+	}
+	return n
+}
+
+// capManifest refuses a manifest or index answer larger than
+// MaxManifestBytes, before reading it when it says its length.
+func capManifest(req *http.Request, resp *http.Response) (*http.Response, error) {
+	if resp.ContentLength > MaxManifestBytes {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: manifest of %d bytes: %w (the limit is %d)", req.URL.Redacted(), resp.ContentLength, ErrTooLarge, MaxManifestBytes)
+	}
+	resp.Body = &cappedBody{ReadCloser: resp.Body, left: MaxManifestBytes, what: "GET " + req.URL.Redacted() + ": manifest"}
+	return resp, nil
+}
+
+// cappedBody fails a read past its cap instead of returning more.
+type cappedBody struct {
+	io.ReadCloser
+	left int64
+	what string
+}
+
+func (b *cappedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		if n, _ := b.ReadCloser.Read(make([]byte, 1)); n > 0 {
+			return 0, fmt.Errorf("%s: more than %d bytes: %w", b.what, MaxManifestBytes, ErrTooLarge)
+		}
+	}
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	if b.left < 0 {
+		return 0, fmt.Errorf("%s: more than %d bytes: %w", b.what, MaxManifestBytes, ErrTooLarge)
+	}
+	return n, err
+}
+
+// MinProgress is the least a download must receive per StallTimeout to
+// count as making progress: a registry trickling a few bytes a second
+// is stalled, not slow.
+const MinProgress = 16 << 10
+
+// ErrStalled is wrapped when a response body made no progress for the
+// stall timeout.
+var ErrStalled = errors.New("download stalled")
+
+// stallBody gives up a response body that receives less than MinProgress
+// bytes in a stall timeout: it closes the body, which ends a blocked
+// Read, and the read fails with ErrStalled (retried above as a broken
+// download, resumed from where it stopped).
+type stallBody struct {
+	body    io.ReadCloser
+	timeout time.Duration
+	timer   *time.Timer
+	stalled atomic.Bool
+	window  int64 // bytes received since the window started
+}
+
+func newStallBody(body io.ReadCloser, timeout time.Duration) *stallBody {
+	b := &stallBody{body: body, timeout: timeout}
+	b.timer = time.AfterFunc(timeout, func() {
+		b.stalled.Store(true)
+		body.Close()
+	})
+	return b
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	if b.window += int64(n); b.window >= MinProgress {
+		if !b.timer.Stop() { // it fired meanwhile
+			return n, b.stallError()
+		}
+		b.window = 0
+		b.timer.Reset(b.timeout)
+	}
+	if err != nil && err != io.EOF && b.stalled.Load() {
+		return n, b.stallError()
+	}
+	return n, err
+}
+
+func (b *stallBody) stallError() error {
+	return fmt.Errorf("%w: less than %d bytes in %v", ErrStalled, MinProgress, b.timeout)
+}
+
+func (b *stallBody) Close() error {
+	b.timer.Stop()
+	return b.body.Close()
+}

@@ -44,7 +44,7 @@ func TestRetryAfter(t *testing.T) {
 func TestBackoff(t *testing.T) {
 	t.Run("each wait is within 25% of the doubled base, capped by Max", func(t *testing.T) {
 		for _, r := range []Retry{DefaultRetry, {Attempts: 5, Base: 100 * time.Millisecond, Max: time.Second}} {
-			rt := newRetryTransport(nil, r)
+			rt := newRetryTransport(nil, r, 0)
 			for attempt := 1; attempt <= 70; attempt++ {
 				d := r.Max
 				if attempt < 30 {
@@ -61,7 +61,7 @@ func TestBackoff(t *testing.T) {
 	})
 
 	t.Run("the jitter spreads the waits", func(t *testing.T) {
-		rt := newRetryTransport(nil, DefaultRetry)
+		rt := newRetryTransport(nil, DefaultRetry, 0)
 		seen := map[time.Duration]bool{}
 		for range 100 {
 			seen[rt.backoff(1)] = true
@@ -72,7 +72,7 @@ func TestBackoff(t *testing.T) {
 	})
 
 	t.Run("a zero Max means no waiting", func(t *testing.T) {
-		rt := newRetryTransport(nil, Retry{Attempts: 3, Base: time.Second})
+		rt := newRetryTransport(nil, Retry{Attempts: 3, Base: time.Second}, 0)
 		if got := rt.backoff(2); got != 0 {
 			t.Fatalf("waits %v", got)
 		}

@@ -17,10 +17,18 @@ const (
 // longer one; a tree whose paths ordinary tools cannot open is of no use.
 const maxNameLen = 4096
 
+// maxDepth is the most components an entry name may have. A driver tree is
+// a dozen deep (lib/modules/<release>/kernel/drivers/video/...); every
+// component of a deep name costs a lookup through os.Root and, when
+// missing, a directory, so thousands of 2,000-deep names would cost
+// minutes of CPU for nothing.
+const maxDepth = 64
+
 // cleanName returns the tree path an entry name stands for: path.Clean of
 // the name after one leading "./" is stripped, "." for the tree root.
 //
-// It returns a refusal if the name is empty, longer than maxNameLen, holds
+// It returns a refusal if the name is empty, longer than maxNameLen or
+// deeper than maxDepth, holds
 // a NUL byte, is absolute, or has a ".." component anywhere (raw or cleaned); if it
 // cleans to "." or ends in "/" while isDir is false; and if any component
 // but the last is a whiteout name, which this package never creates.
@@ -44,6 +52,9 @@ func cleanName(raw string, isDir bool) (string, error) {
 		return "", refuse(`name ends in "/" but the entry is not a directory`)
 	}
 	name := path.Clean(strings.TrimPrefix(raw, "./"))
+	if d := depth(name); d > maxDepth {
+		return "", refuse("name of %d components is deeper than %d", d, maxDepth)
+	}
 	if hasDotDot(name) || path.IsAbs(name) {
 		// Unreachable after the checks above; kept so that a change to
 		// them cannot let a climbing name through.

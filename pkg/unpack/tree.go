@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -110,10 +111,19 @@ type EntryError struct {
 	Err   error  // what went wrong
 }
 
-// Error returns the message, naming the layer and the entry.
+// Error returns the message, naming the layer and the entry; a name of
+// more than 200 bytes is shortened to its start and its length, so that a
+// hostile one cannot flood the journal.
 func (e *EntryError) Error() string {
-	return fmt.Sprintf("unpack layer %d: entry %q: %v", e.Layer, e.Entry, e.Err)
+	name := strconv.Quote(e.Entry)
+	if len(e.Entry) > maxShownName {
+		name = fmt.Sprintf("%q... (%d bytes)", e.Entry[:maxShownName], len(e.Entry))
+	}
+	return fmt.Sprintf("unpack layer %d: entry %s: %v", e.Layer, name, e.Err)
 }
+
+// maxShownName is how much of an entry name an error shows.
+const maxShownName = 200
 
 // Unwrap returns e.Err.
 func (e *EntryError) Unwrap() error { return e.Err }
