@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"unicode"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 )
 
 // splitParams splits a parameter string such as `a=1 b="x y"` into words
@@ -47,26 +48,50 @@ func paramKey(word string) string {
 	return strings.ReplaceAll(key, "-", "_")
 }
 
-// setParam returns words with word in place of the word that has the same
-// key, or with word appended when there is none.
-func setParam(words []string, word string) []string {
+// maxParams bounds the parameters of one module: the nvidia module has
+// about a hundred; the kernel takes at most a page of them anyway.
+const maxParams = 1024
+
+// paramList is a module's parameter words, a later word replacing the
+// earlier one with the same key where that one stood; adding one is
+// constant time, so merging n words is linear.
+type paramList struct {
+	words []string
+	at    map[string]int // index in words by key
+}
+
+// set adds word, or puts it in place of the word with the same key. It
+// returns an error when the list would hold more than maxParams words.
+func (l *paramList) set(word string) error {
 	key := paramKey(word)
-	if i := slices.IndexFunc(words, func(w string) bool { return paramKey(w) == key }); i >= 0 {
-		words[i] = word
-		return words
+	if i, ok := l.at[key]; ok {
+		l.words[i] = word
+		return nil
 	}
-	return append(words, word)
+	if len(l.words) >= maxParams {
+		return fmt.Errorf("more than %d parameters", maxParams)
+	}
+	if l.at == nil {
+		l.at = map[string]int{}
+	}
+	l.at[key] = len(l.words)
+	l.words = append(l.words, word)
+	return nil
 }
 
 // mergeParams returns the module's parameters: the modprobe.d words, then
 // the configured ones, a later word replacing an earlier one with the same
 // key where that one stood. It returns them joined by spaces, "" for none.
+// Both lists are capped at maxParams already, so the merge cannot exceed
+// twice that.
 func mergeParams(modprobe, config []string) string {
-	var words []string
+	var l paramList
 	for _, w := range slices.Concat(modprobe, config) {
-		words = setParam(words, w)
+		if l.set(w) != nil {
+			break
+		}
 	}
-	return strings.Join(words, " ")
+	return strings.Join(l.words, " ")
 }
 
 // configParams splits the configured parameter strings, keyed by module
@@ -75,18 +100,44 @@ func mergeParams(modprobe, config []string) string {
 // later (the underscore one) win per key. It returns an error for an
 // invalid module name.
 func configParams(params map[string]string) (map[string][]string, error) {
-	out := make(map[string][]string, len(params))
+	lists := map[string]*paramList{}
 	for _, name := range slices.Sorted(maps.Keys(params)) {
 		n, err := normName(name)
 		if err != nil {
 			return nil, fmt.Errorf("read parameters: %w", err)
 		}
-		for _, w := range splitParams(params[name]) {
-			out[n] = setParam(out[n], w)
+		if err := addParams(lists, n, params[name]); err != nil {
+			return nil, fmt.Errorf("read parameters of %s: %w", name, err)
 		}
 	}
-	return out, nil
+	return wordsOf(lists), nil
 }
+
+// addParams adds the words of params to module's list in lists.
+func addParams(lists map[string]*paramList, module, params string) error {
+	l := lists[module]
+	if l == nil {
+		l = &paramList{}
+		lists[module] = l
+	}
+	for _, w := range splitParams(params) {
+		if err := l.set(w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func wordsOf(lists map[string]*paramList) map[string][]string {
+	out := make(map[string][]string, len(lists))
+	for m, l := range lists {
+		out[m] = l.words
+	}
+	return out
+}
+
+// maxModprobeBytes bounds one modprobe.d file of a driver tree.
+const maxModprobeBytes = 1 << 20
 
 // readModprobeDir reads the "options <module> k=v ..." lines of every
 // *.conf file in dir, in file name order as modprobe does. Other commands
@@ -99,32 +150,34 @@ func configParams(params map[string]string) (map[string][]string, error) {
 // does not exist; or an error naming the file or directory that cannot be
 // read.
 func readModprobeDir(dir string) (map[string][]string, error) {
-	out := make(map[string][]string)
+	lists := map[string]*paramList{}
 	if dir == "" {
-		return out, nil
+		return map[string][]string{}, nil
 	}
 	files, err := filepath.Glob(filepath.Join(dir, "*.conf"))
 	if err != nil {
 		return nil, fmt.Errorf("read modprobe.d %s: %w", dir, err)
 	}
 	for _, file := range files { // Glob sorts them
-		data, err := os.ReadFile(file)
+		data, err := hostfs.ReadRegular(file, maxModprobeBytes)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read modprobe.d: %w", err)
 		}
-		parseModprobe(string(data), out)
+		if err := parseModprobe(string(data), lists); err != nil {
+			return nil, fmt.Errorf("read modprobe.d: %s: %w", file, err)
+		}
 	}
-	return out, nil
+	return wordsOf(lists), nil
 }
 
 // parseModprobe adds the options lines of one modprobe.d file to opts.
 // Lines ending in a backslash continue on the next; lines whose first word
 // starts with '#' are comments. A line naming an invalid module is
 // skipped, as it can match no module.
-func parseModprobe(data string, opts map[string][]string) {
+func parseModprobe(data string, lists map[string]*paramList) error {
 	for _, line := range logicalLines(data) {
 		words := strings.Fields(line)
 		if len(words) < 3 || words[0] != "options" {
@@ -136,10 +189,11 @@ func parseModprobe(data string, opts map[string][]string) {
 		}
 		rest := strings.TrimSpace(strings.TrimPrefix(line, words[0]))
 		rest = strings.TrimPrefix(rest, words[1])
-		for _, w := range splitParams(rest) {
-			opts[name] = setParam(opts[name], w)
+		if err := addParams(lists, name, rest); err != nil {
+			return fmt.Errorf("module %s: %w", name, err)
 		}
 	}
+	return nil
 }
 
 // logicalLines returns the lines of data with backslash-newline

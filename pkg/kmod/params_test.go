@@ -1,8 +1,12 @@
 package kmod
 
 import (
+	"fmt"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestParams(t *testing.T) {
@@ -37,11 +41,46 @@ func TestParams(t *testing.T) {
 	})
 
 	t.Run("modprobe.d options lines are read and everything else ignored", func(t *testing.T) {
-		opts := map[string][]string{}
-		parseModprobe("options o a=1\n  # options o c=3\noptions\tnvidia-drm   modeset=1 \\\n  fbdev=1\nalias foo o\noptions ../x a=1\noptions o a=2 b\n", opts)
+		lists := map[string]*paramList{}
+		if err := parseModprobe("options o a=1\n  # options o c=3\noptions\tnvidia-drm   modeset=1 \\\n  fbdev=1\nalias foo o\noptions ../x a=1\noptions o a=2 b\n", lists); err != nil {
+			t.Fatal(err)
+		}
+		opts := wordsOf(lists)
 		want := map[string][]string{"o": {"a=2", "b"}, "nvidia_drm": {"modeset=1", "fbdev=1"}}
 		if !reflect.DeepEqual(opts, want) {
 			t.Errorf("got %q, want %q", opts, want)
+		}
+	})
+
+	t.Run("50,000 parameters are refused at the cap, quickly", func(t *testing.T) {
+		dir := t.TempDir()
+		var b strings.Builder
+		b.WriteString("options nvidia")
+		for i := range 50000 {
+			fmt.Fprintf(&b, " p%d=%d", i, i)
+		}
+		writeFile(t, filepath.Join(dir, "big.conf"), b.String()+"\n")
+		start := time.Now()
+		_, err := readModprobeDir(dir)
+		if err == nil || !strings.Contains(err.Error(), "more than 1024 parameters") || !strings.Contains(err.Error(), "big.conf") {
+			t.Errorf("err = %v", err)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("took %v", took)
+		}
+	})
+
+	t.Run("merging is linear: 1,000 words, half replaced", func(t *testing.T) {
+		var modprobe, config []string
+		for i := range 1000 {
+			modprobe = append(modprobe, fmt.Sprintf("p%d=a", i))
+			if i%2 == 0 {
+				config = append(config, fmt.Sprintf("p%d=b", i))
+			}
+		}
+		got := strings.Fields(mergeParams(modprobe, config))
+		if len(got) != 1000 || got[0] != "p0=b" || got[1] != "p1=a" {
+			t.Errorf("got %d words starting %q", len(got), got[:2])
 		}
 	})
 

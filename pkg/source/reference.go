@@ -55,12 +55,9 @@ func ParseTemplate(text string) (*Template, error) {
 	if strings.TrimSpace(text) == "" {
 		return nil, errors.New("tag template is empty")
 	}
-	tmpl, err := template.New("tag").Option("missingkey=error").Parse(text)
-	if err == nil {
-		err = checkFields(tmpl)
-	}
+	tmpl, err := parseRestricted("tag", text)
 	if err != nil {
-		return nil, fmt.Errorf("parse tag template %q: %w", text, err)
+		return nil, fmt.Errorf("parse tag template %q: %w", shown(text), err)
 	}
 	t := &Template{text: text, tmpl: tmpl}
 	if _, err := t.Render(sampleVars); err != nil {
@@ -76,8 +73,8 @@ func (t *Template) String() string { return t.text }
 // when a field the template uses is empty (an empty OS version would silently
 // produce a tag for no OS at all), or when the result is not a valid tag.
 func (t *Template) Render(v Vars) (string, error) {
-	var buf bytes.Buffer
-	if err := t.tmpl.Execute(&buf, v); err != nil {
+	buf := &boundedBuffer{max: maxTagLen}
+	if err := t.tmpl.Execute(buf, v); err != nil {
 		return "", fmt.Errorf("render tag template %q: %s", t.text, execError(err))
 	}
 	for _, f := range t.usedFields() {
@@ -86,10 +83,147 @@ func (t *Template) Render(v Vars) (string, error) {
 		}
 	}
 	tag := buf.String()
-	if _, err := name.NewTag("example.invalid/x:"+tag, name.StrictValidation); err != nil {
-		return "", fmt.Errorf("render tag template %q: %q is not a valid tag (letters, digits, '_', '.', '-', at most 128)", t.text, tag)
+	if !tagRE.MatchString(tag) {
+		return "", fmt.Errorf("render tag template %q: %q is not a valid tag (a letter, digit or '_', then letters, digits, '_', '.', '-', at most 128 in all)", t.text, tag)
 	}
 	return tag, nil
+}
+
+// tagRE is the OCI distribution spec's tag grammar.
+var tagRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+
+// maxTagLen is the longest tag, and maxTemplateLen the longest template
+// text accepted: with no loops and no recursion (see parseRestricted), a
+// template's execution time is bounded by its length.
+const (
+	maxTagLen      = 128
+	maxTemplateLen = 1024
+)
+
+// templateFuncs are the functions a template may call besides reading its
+// fields: a few string functions, for registries whose tags differ from
+// the default scheme.
+var templateFuncs = template.FuncMap{
+	"lower":      strings.ToLower,
+	"upper":      strings.ToUpper,
+	"replace":    func(old, new, s string) string { return strings.ReplaceAll(s, old, new) },
+	"trimPrefix": func(prefix, s string) string { return strings.TrimPrefix(s, prefix) },
+	"trimSuffix": func(suffix, s string) string { return strings.TrimSuffix(s, suffix) },
+}
+
+// parseRestricted parses a template of at most maxTemplateLen bytes that
+// may use the fields, if/else and templateFuncs, and nothing else: no
+// range, with, define, template or block (so it cannot loop or recurse),
+// and none of text/template's built-in functions.
+func parseRestricted(name, text string) (*template.Template, error) {
+	if len(text) > maxTemplateLen {
+		return nil, fmt.Errorf("%d bytes is longer than %d", len(text), maxTemplateLen)
+	}
+	tmpl, err := template.New(name).Option("missingkey=error").Funcs(templateFuncs).Parse(text)
+	if err != nil {
+		return nil, errors.New(strings.TrimPrefix(err.Error(), "template: "))
+	}
+	if err := checkFields(tmpl); err != nil {
+		return nil, err
+	}
+	if len(tmpl.Templates()) > 1 {
+		return nil, errors.New("define and block are not allowed")
+	}
+	if err := checkRestricted(tmpl.Root); err != nil {
+		return nil, err
+	}
+	return tmpl, nil
+}
+
+// allowedBuiltins are text/template's functions a template may call:
+// comparisons and logic, whose cost is bounded by their arguments.
+var allowedBuiltins = map[string]bool{"eq": true, "ne": true, "and": true, "or": true, "not": true}
+
+// checkRestricted refuses the nodes parseRestricted does not allow.
+func checkRestricted(n parse.Node) error {
+	switch n := n.(type) {
+	case nil:
+		return nil
+	case *parse.ListNode:
+		if n == nil {
+			return nil
+		}
+		for _, k := range n.Nodes {
+			if err := checkRestricted(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	case *parse.TextNode, *parse.FieldNode, *parse.DotNode, *parse.StringNode, *parse.CommentNode, *parse.BoolNode:
+		return nil
+	case *parse.ActionNode:
+		return checkRestricted(n.Pipe)
+	case *parse.IfNode:
+		for _, k := range []parse.Node{n.Pipe, n.List, n.ElseList} {
+			if err := checkRestricted(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	case *parse.PipeNode:
+		if n == nil {
+			return nil
+		}
+		if len(n.Decl) > 0 {
+			return errors.New("variables are not allowed")
+		}
+		for _, c := range n.Cmds {
+			if err := checkRestricted(c); err != nil {
+				return err
+			}
+		}
+		return nil
+	case *parse.CommandNode:
+		for _, a := range n.Args {
+			if err := checkRestricted(a); err != nil {
+				return err
+			}
+		}
+		return nil
+	case *parse.IdentifierNode:
+		if _, ok := templateFuncs[n.Ident]; ok || allowedBuiltins[n.Ident] {
+			return nil
+		}
+		return fmt.Errorf("function %s is not allowed; the functions are lower, upper, replace, trimPrefix, trimSuffix, eq, ne, and, or, not", n.Ident)
+	case *parse.VariableNode:
+		return nil // only $, the values: declarations are refused
+	case *parse.ChainNode:
+		return checkRestricted(n.Node)
+	case *parse.RangeNode:
+		return errors.New("range is not allowed")
+	case *parse.WithNode:
+		return errors.New("with is not allowed")
+	case *parse.TemplateNode:
+		return errors.New("template is not allowed")
+	}
+	return fmt.Errorf("%s is not allowed", n)
+}
+
+// boundedBuffer collects a template's output and fails a write past max
+// bytes.
+type boundedBuffer struct {
+	bytes.Buffer
+	max int
+}
+
+func (b *boundedBuffer) Write(p []byte) (int, error) {
+	if b.Len()+len(p) > b.max {
+		return 0, fmt.Errorf("the output is longer than %d bytes", b.max)
+	}
+	return b.Buffer.Write(p)
+}
+
+// shown is a template text as errors show it: at most 100 bytes.
+func shown(text string) string {
+	if len(text) > 100 {
+		return text[:100] + "..."
+	}
+	return text
 }
 
 type field struct {
@@ -245,9 +379,23 @@ func Reference(repository, tag string) (name.Tag, error) {
 	return ref, nil
 }
 
-// ValidateRepository checks that s names a repository (registry host
-// optional, no tag or digest).
+// ValidateRepository checks that s names a repository: a registry host
+// (optional) and a path, with no scheme, no credentials, no "." or ".."
+// component, no tag or digest. A repository holding credentials
+// (user:password@host/...) is refused without repeating it, so that the
+// password reaches no log: credentials belong in the auth file.
 func ValidateRepository(s string) error {
+	if strings.Contains(s, "@") {
+		return errors.New("repository holds credentials or a digest (it has an '@'); write host/path only and put credentials in $DOCKER_CONFIG/config.json")
+	}
+	if scheme, _, ok := strings.Cut(s, "://"); ok {
+		return fmt.Errorf("repository %q: no scheme (%s://) please: write host/path; plain HTTP is for hosts in insecure-registries", s, scheme)
+	}
+	for _, c := range strings.Split(s, "/") {
+		if c == "." || c == ".." {
+			return fmt.Errorf("repository %q: a path component is %q", s, c)
+		}
+	}
 	if _, err := name.NewRepository(s, name.StrictValidation); err != nil {
 		return fmt.Errorf("repository %q: %w", s, err)
 	}
@@ -259,12 +407,9 @@ func ValidateRepository(s string) error {
 // CoreOS installer (opt/nvidia/{{.DriverVersion}}/{{.OSVersion}}). It
 // returns an error for a template that does not parse or render.
 func ParseSubdir(text string) (*Subdir, error) {
-	tmpl, err := template.New("subdir").Option("missingkey=error").Parse(text)
-	if err == nil {
-		err = checkFields(tmpl)
-	}
+	tmpl, err := parseRestricted("subdir", text)
 	if err != nil {
-		return nil, fmt.Errorf("parse image-subdir %q: %w", text, err)
+		return nil, fmt.Errorf("parse image-subdir %q: %w", shown(text), err)
 	}
 	s := &Subdir{text: text, tmpl: tmpl}
 	if _, err := s.Render(sampleVars); err != nil {
@@ -283,8 +428,8 @@ type Subdir struct {
 // returns an error when the template fails or the result is absolute,
 // empty or climbs with "..".
 func (s *Subdir) Render(v Vars) (string, error) {
-	var buf bytes.Buffer
-	if err := s.tmpl.Execute(&buf, v); err != nil {
+	buf := &boundedBuffer{max: 1024}
+	if err := s.tmpl.Execute(buf, v); err != nil {
 		return "", fmt.Errorf("render image-subdir %q: %s", s.text, execError(err))
 	}
 	p := strings.Trim(buf.String(), "/")

@@ -86,13 +86,10 @@ func TestTemplate(t *testing.T) {
 				t.Errorf("%s: got %v", text, err)
 			}
 		}
-		// Parsing dry-runs a Flatcar host; this fails on any other.
-		tmpl, err := ParseTemplate(`{{if eq .OSID "flatcar"}}{{.OSVersion}}{{else}}{{len .}}{{end}}`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = tmpl.Render(debian)
-		if err == nil || !strings.Contains(err.Error(), "len") || strings.Contains(err.Error(), "source.") || strings.Contains(err.Error(), "template: tag:") {
+		// A branch the dry run on a Flatcar host does not take is
+		// checked all the same.
+		_, err := ParseTemplate(`{{if eq .OSID "flatcar"}}{{.OSVersion}}{{else}}{{len .}}{{end}}`)
+		if err == nil || !strings.Contains(err.Error(), "function len is not allowed") || strings.Contains(err.Error(), "source.") {
 			t.Fatalf("got %v", err)
 		}
 	})

@@ -1,0 +1,61 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestHostileConfiguration is the table of settings an attacker, or a
+// careless hand, might write: each is refused at load, quickly, with an
+// error naming the key, and never echoing a password.
+func TestHostileConfiguration(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name, key, value string
+		want             string // in the error; "" means the value loads
+		never            string // must not appear in the error
+	}{
+		{"a range of 10^9 (out of memory when run)", "TAG_TEMPLATE", "{{range 1000000000}}aaaa{{end}}", "range is not allowed", ""},
+		{"with", "TAG_TEMPLATE", "{{with .OSVersion}}{{.}}{{end}}", "with is not allowed", ""},
+		{"printf, which can build a string of any size", "TAG_TEMPLATE", `{{printf "%0999999999d" 1}}`, "function printf is not allowed", ""},
+		{"define and template", "TAG_TEMPLATE", `{{define "x"}}a{{end}}{{template "x"}}`, "not allowed", ""},
+		{"a variable", "TAG_TEMPLATE", "{{$v := .OSVersion}}{{$v}}", "variables are not allowed", ""},
+		{"a template of 2 KiB", "TAG_TEMPLATE", strings.Repeat("a", 2048), "longer than 1024", ""},
+		{"a tag longer than 128", "TAG_TEMPLATE", strings.Repeat("{{.DriverVersion}}", 20), "longer than 128", ""},
+		{"a tag starting with a dot", "TAG_TEMPLATE", ".{{.OSVersion}}", "is not a valid tag", ""},
+		{"a tag starting with a dash", "TAG_TEMPLATE", "-{{.OSVersion}}", "is not a valid tag", ""},
+		{"a tag with a slash", "TAG_TEMPLATE", "{{.OSVersion}}/x", "is not a valid tag", ""},
+		{"string functions and comparisons are fine", "TAG_TEMPLATE", `{{if eq .OSID "flatcar"}}{{replace "." "_" .OSVersion | lower}}{{else}}x{{end}}`, "", ""},
+		{"an image-subdir with range", "IMAGE_SUBDIR", "{{range 100000000}}a/{{end}}", "range is not allowed", ""},
+		{"a repository that climbs", "REPOSITORY", "127.0.0.1:5000/../etc", `a path component is ".."`, ""},
+		{"a repository with a scheme", "REPOSITORY", "https://registry.example.com/nvidia", "no scheme", ""},
+		{"a repository with a password", "REPOSITORY", "user:hunter2@registry.example.com/nvidia", "credentials", "hunter2"},
+		{"a mirror with a password", "MIRRORS", "user:hunter2@mirror.example.com/nvidia", "credentials", "hunter2"},
+		{"a repository with a digest", "REPOSITORY", "registry.example.com/nvidia@sha256:" + strings.Repeat("0", 64), "'@'", ""},
+		{"a plain repository is fine", "REPOSITORY", "registry.example.com:5000/gpu/nvidia-driver", "", ""},
+		{"a zero fetch-timeout", "FETCH_TIMEOUT", "0s", "positive duration", ""},
+		{"a stall-timeout that is no duration", "STALL_TIMEOUT", "soon", "positive duration", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			start := time.Now()
+			_, err := Load(Sources{File: "/nonexistent", Environ: []string{EnvPrefix + c.key + "=" + c.value}})
+			if took := time.Since(start); took > time.Second {
+				t.Errorf("took %v", took)
+			}
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.want == "":
+				return
+			case err == nil || !strings.Contains(err.Error(), c.want):
+				t.Fatalf("err = %v, want one with %q", err, c.want)
+			case !strings.Contains(err.Error(), EnvPrefix+c.key):
+				t.Errorf("the error does not name %s: %v", EnvPrefix+c.key, err)
+			case c.never != "" && strings.Contains(err.Error(), c.never):
+				t.Errorf("the error repeats %q: %v", c.never, err)
+			}
+		})
+	}
+}
