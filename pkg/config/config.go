@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -122,6 +123,12 @@ var (
 	moduleNameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,55}$`)
 )
 
+// sharedDirs are directories of the filesystem hierarchy that other
+// software keeps files in: none can be the store.
+var sharedDirs = []string{"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt",
+	"/opt", "/opt/bin", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin",
+	"/usr/lib", "/usr/lib64", "/usr/local", "/usr/share", "/var", "/var/lib", "/var/opt", "/var/tmp"}
+
 // positiveDuration parses a duration such as 90s or 30m, which must be
 // positive.
 func positiveDuration(v string) (time.Duration, error) {
@@ -207,10 +214,11 @@ var keys = []key{
 			if !filepath.IsAbs(p) {
 				return fmt.Errorf("want an absolute path, got %q", p)
 			}
-			if filepath.Clean(p) == "/" {
-				return errors.New("the store cannot be /")
+			p = filepath.Clean(p)
+			if slices.Contains(sharedDirs, p) {
+				return fmt.Errorf("%s is a directory other software shares, and nvidia-driverd creates and removes trees in its store: use a directory of its own, such as /opt/nvidia", p)
 			}
-			c.Store = filepath.Clean(p)
+			c.Store = p
 			return nil
 		},
 		get: func(c Config) any { return c.Store },

@@ -439,14 +439,6 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store, a engine.Assessm
 		if errors.Is(err, engine.ErrRebootNeeded) {
 			return Outcome{}, err // the old driver is untouched and in use
 		}
-		// Leave nothing of the failed tree in use: modules it loaded,
-		// overlays or drop-in it put up. A driver that was already
-		// running from this tree (a re-check) stays: it worked before.
-		if plan.Action != engine.ActionNone {
-			if _, derr := d.activator.Deactivate(ctx, a.Host); derr != nil {
-				log.Error("undo failed activation", zap.String("tree", tree), zap.Error(derr))
-			}
-		}
 		if tree != before {
 			d.rollback(s, tree, out.Digest, before, err)
 		}
@@ -457,8 +449,12 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store, a engine.Assessm
 
 // Activate makes tree, installed in the store a was made of, the running
 // driver, with every step logged as started, finished or failed and named
-// in STATUS=, and the result logged once. It does not log a failure: the
-// caller decides what it means.
+// in STATUS=, and the result logged once. A failed activation is undone
+// (modules it loaded, overlays or drop-in it put up), from whichever
+// command, unless the driver was already running from the current tree
+// (a re-check: it worked before) or another driver is in use
+// (ErrRebootNeeded: nothing was changed). It does not log the failure
+// itself: the caller decides what it means.
 func (d *Daemon) Activate(ctx context.Context, a engine.Assessment, tree string) (engine.Activation, error) {
 	log := d.Log.With(zap.String("kernel", a.Facts.Kernel.Release), zap.String("tree", tree))
 	d.notify(d.Notify.Status("activating " + tree))
@@ -466,6 +462,12 @@ func (d *Daemon) Activate(ctx context.Context, a engine.Assessment, tree string)
 	start := time.Now()
 	act, err := d.activator.Activate(ctx, a.Host, a.Facts, tree)
 	if err != nil {
+		running := a.Decision.Action == engine.ActionNone && tree == a.Facts.Store.Current
+		if !running && !errors.Is(err, engine.ErrRebootNeeded) {
+			if _, derr := d.activator.Deactivate(ctx, a.Host); derr != nil {
+				log.Error("undo failed activation", zap.Error(derr))
+			}
+		}
 		return act, err
 	}
 	var loaded []string

@@ -521,3 +521,46 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+func TestFailedActivationIsUndone(t *testing.T) {
+	t.Run("a failed activate leaves no module loaded and no drop-in, as run would", func(t *testing.T) {
+		r := newRig(t, nil)
+		r.publish(t, driver, kernel)
+		// Install without activating, as install --no-activate does.
+		err := r.d.Locked(context.Background(), true, func(ctx context.Context, s *store.Store, h Host) error {
+			a, err := engine.Assess(h, r.d.Config)
+			if err != nil {
+				return err
+			}
+			got, err := r.d.Fetch(ctx, s, a, *a.Decision.Target, false)
+			if err != nil {
+				return err
+			}
+			_, err = s.Switch(got.Tree)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.kernel.Errs = map[string]error{"nvidia_drm": syscall.ENODEV}
+		err = r.d.Locked(context.Background(), true, func(ctx context.Context, s *store.Store, h Host) error {
+			a, err := engine.Assess(h, r.d.Config)
+			if err != nil {
+				return err
+			}
+			_, err = r.d.Activate(ctx, a, a.Facts.Store.Current)
+			return err
+		})
+		if err == nil || !strings.Contains(err.Error(), "nvidia_drm") {
+			t.Fatalf("activate = %v, want nvidia_drm's failure", err)
+		}
+		if _, err := os.Stat(filepath.Join(r.root, "etc/ld.so.conf.d/nvidia-driverd.conf")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the drop-in is left: %v", err)
+		}
+		for _, m := range []string{"nvidia", "nvidia_modeset", "nvidia_uvm"} {
+			if _, err := os.Stat(filepath.Join(r.root, "sys/module", m)); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s is still loaded: %v", m, err)
+			}
+		}
+	})
+}

@@ -48,10 +48,19 @@ type crashCase struct {
 	leftovers []string          // steps after which Clean finds something to remove
 	converged map[string]string // tree path -> digest, once a rerun is done
 	previous  string            // what `previous` names once a rerun is done
+	lands     string            // where next's tree lands, when not next.path()
+}
+
+// landsAt is where the case's new tree lands.
+func (c crashCase) landsAt() string {
+	if c.lands != "" {
+		return c.lands
+	}
+	return c.next.path()
 }
 
 func crashCases() []crashCase {
-	older, old := setupReleases()
+	_, old := setupReleases()
 	next := release{"550.54.14", "3815.2.0", "sha256:new", t0.Add(2 * time.Hour)}
 	rebuilt := release{old.driver, old.osVersion, "sha256:rebuilt", t0.Add(2 * time.Hour)}
 	return []crashCase{
@@ -67,13 +76,18 @@ func crashCases() []crashCase {
 			previous:  old.path(),
 		},
 		{
-			name:      "replacing the current tree with another image",
-			next:      rebuilt,
-			steps:     []string{StepStaged, stepUnpacking, StepMetaWritten, StepSynced, StepRenamed, StepCommitted},
-			switched:  []string{StepRenamed, StepCommitted},
-			leftovers: []string{StepStaged, stepUnpacking, StepMetaWritten, StepSynced, StepRenamed, StepCommitted},
-			converged: map[string]string{older.path(): older.digest, old.path(): rebuilt.digest},
-			previous:  older.path(),
+			// The running driver's tree is never changed in place: the
+			// new image lands beside it and a switch moves current.
+			name:  "a new image for the current tree's name",
+			next:  rebuilt,
+			lands: rebuilt.path() + "-new",
+			steps: []string{StepStaged, stepUnpacking, StepMetaWritten, StepSynced, StepRenamed, StepCommitted,
+				StepPreviousTemp, StepPreviousLinked, StepCurrentTemp, StepCurrentLinked, StepGCMoved},
+			switched: []string{StepCurrentLinked, StepGCMoved},
+			leftovers: []string{StepStaged, stepUnpacking, StepMetaWritten, StepSynced,
+				StepPreviousTemp, StepCurrentTemp, StepGCMoved},
+			converged: map[string]string{old.path(): old.digest, rebuilt.path() + "-new": rebuilt.digest},
+			previous:  old.path(),
 		},
 	}
 }
@@ -168,7 +182,7 @@ func checkCrashed(t *testing.T, root string, c crashCase, step string) {
 
 	older, old := setupReleases()
 	allowed := map[string][]string{older.path(): {older.digest}, old.path(): {old.digest}}
-	allowed[c.next.path()] = append(allowed[c.next.path()], c.next.digest)
+	allowed[c.landsAt()] = append(allowed[c.landsAt()], c.next.digest)
 
 	inv := scan(t, root)
 	checkTrees(t, root, inv, allowed)
@@ -181,7 +195,7 @@ func checkCrashed(t *testing.T, root string, c crashCase, step string) {
 		t.Errorf("current %s holds %s", inv.Current, digest)
 	}
 	switch {
-	case inv.Current == c.next.path() && c.next.path() != old.path():
+	case inv.Current == c.landsAt() && c.landsAt() != old.path():
 		if inv.Previous != old.path() {
 			t.Errorf("current is the new tree but previous is %q", inv.Previous)
 		}
@@ -207,8 +221,8 @@ func checkConverged(t *testing.T, root string, c crashCase) {
 	if len(inv.Trees) != len(c.converged) {
 		t.Errorf("trees %q, want those of %v", treePaths(inv), c.converged)
 	}
-	if inv.Current != c.next.path() || inv.Previous != c.previous {
-		t.Errorf("current %q previous %q, want %q and %q", inv.Current, inv.Previous, c.next.path(), c.previous)
+	if inv.Current != c.landsAt() || inv.Previous != c.previous {
+		t.Errorf("current %q previous %q, want %q and %q", inv.Current, inv.Previous, c.landsAt(), c.previous)
 	}
 }
 

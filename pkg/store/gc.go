@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -43,8 +44,9 @@ func (s *Store) FindDigest(digest string) (string, error) {
 }
 
 // GC removes the installed trees beyond the newest keep, newest by
-// Meta.InstalledAt or, for a tree without one, its directory's mtime. It
-// never removes the trees `current` and `previous` point at. Each tree is
+// Meta.InstalledAt. It removes only trees the store made, those with a
+// MetaFile (a directory someone else put in the store is not ours to
+// delete), and never the trees `current` and `previous` point at. Each tree is
 // first renamed into .staging, so that it leaves its path at once, then
 // removed; a driver directory left empty is removed too.
 //
@@ -64,6 +66,7 @@ func (s *Store) GC(keep int) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("collect trees in %s: %w", s.dir, err)
 	}
+	trees = slices.DeleteFunc(trees, func(t installedTree) bool { return t.meta == nil })
 	sort.SliceStable(trees, func(i, j int) bool { return trees[i].at.After(trees[j].at) })
 	var removed []string
 	for i, t := range trees {

@@ -111,6 +111,26 @@ func (st *Staging) Commit(driver, osVersion string, meta Meta) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("commit %s: %w", target, err)
 	}
+	if how == exchange {
+		// A tree in use (current or previous) is never changed under the
+		// running driver or taken from a rollback: the new image gets a
+		// name of its own, and only a switch moves current to it.
+		live, err := s.linked()
+		if err != nil {
+			return "", fmt.Errorf("commit %s: %w", target, err)
+		}
+		if live[target] {
+			if target, err = s.treePath(driver, osVersion+"-"+shortDigest(meta.Digest)); err != nil {
+				return "", fmt.Errorf("commit %s: %w", st.path, err)
+			}
+			if how, err = st.occupied(target, meta.Digest); err != nil {
+				return "", fmt.Errorf("commit %s: %w", target, err)
+			}
+			if how == exchange && live[target] {
+				return "", fmt.Errorf("commit %s: a tree in use is there already", target)
+			}
+		}
+	}
 	if how == reuse {
 		if err := st.Discard(); err != nil {
 			return "", fmt.Errorf("commit %s: reuse the tree there: %w", target, err)
@@ -128,6 +148,15 @@ func (st *Staging) Commit(driver, osVersion string, meta Meta) (string, error) {
 	_ = os.RemoveAll(st.FSPath()) // the old tree after an exchange; Clean retries a failure
 	st.done = true
 	return target, nil
+}
+
+// shortDigest is the first 12 hex digits of digest, "new" without one.
+func shortDigest(digest string) string {
+	_, hex, _ := strings.Cut(digest, ":")
+	if len(hex) < 12 {
+		return "new"
+	}
+	return hex[:12]
 }
 
 // prepare writes meta into the staged tree and makes the tree durable. It

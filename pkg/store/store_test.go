@@ -466,14 +466,15 @@ func TestCommit(t *testing.T) {
 		}
 	})
 
-	t.Run("a tree with another digest replaces the current one and its path never lacks a tree", func(t *testing.T) {
+	t.Run("a tree with another digest for the current tree's name lands beside it, current untouched", func(t *testing.T) {
 		root := t.TempDir()
 		s := openStore(t, root)
 		tree := installTree(t, s, "550.54.14", "3815.2.0", "sha256:v0", t0)
 		_, err := s.Switch(tree)
 		must(t, err)
 
-		// Watch the tree through `current` while it is replaced again and again.
+		// Watch the tree through `current` while other images for its
+		// name are committed again and again.
 		stop := make(chan struct{})
 		watched := make(chan error, 1)
 		go func() {
@@ -491,24 +492,28 @@ func TestCommit(t *testing.T) {
 				}
 			}
 		}()
+		beside := tree + "-" + strings.Repeat("ab", 6)
 		last := ""
 		for i := 1; i <= 20; i++ {
-			last = fmt.Sprintf("sha256:v%d", i)
-			if got := installTree(t, s, "550.54.14", "3815.2.0", last, t0); got != tree {
-				t.Fatalf("Commit = %q", got)
+			last = fmt.Sprintf("sha256:%s%02d", strings.Repeat("ab", 6), i)
+			if got := installTree(t, s, "550.54.14", "3815.2.0", last, t0); got != beside {
+				t.Fatalf("Commit = %q, want %q", got, beside)
 			}
 		}
 		close(stop)
 		if err := <-watched; err != nil {
-			t.Fatalf("the tree was missing: %v", err)
+			t.Fatalf("the current tree was missing: %v", err)
 		}
 
 		inv := scan(t, root)
-		if len(inv.Trees) != 1 || inv.Current != tree || len(inv.Staging) != 0 {
+		if len(inv.Trees) != 2 || inv.Current != tree || len(inv.Staging) != 0 {
 			t.Fatalf("%+v", inv)
 		}
-		if d, err := wholeTree(root, tree); err != nil || d != last {
-			t.Fatalf("%q, %v", d, err)
+		if d, err := wholeTree(root, tree); err != nil || d != "sha256:v0" {
+			t.Fatalf("current holds %q, %v", d, err)
+		}
+		if d, err := wholeTree(root, beside); err != nil || d != last {
+			t.Fatalf("%s holds %q, %v", beside, d, err)
 		}
 	})
 
@@ -586,7 +591,8 @@ func TestGC(t *testing.T) {
 		older := installTree(t, s, "550.54.14", "3815.2.0", "sha256:older", t0.Add(2*time.Hour))
 		newest := installTree(t, s, "555.42.02", "3815.2.0", "sha256:newest", t0.Add(5*time.Hour))
 		oldest := installTree(t, s, "470.239.06", "3602.2.0", "sha256:oldest", t0.Add(-time.Hour))
-		// A tree without metadata is dated by its directory's mtime.
+		// A directory without metadata is not the store's: never
+		// removed, and not counted among those kept.
 		noMeta := "/opt/nvidia/555.42.02/3760.2.0"
 		must(t, os.MkdirAll(filepath.Join(root, noMeta, "bin"), 0o755))
 		must(t, os.Chtimes(filepath.Join(root, noMeta), t0.Add(4*time.Hour), t0.Add(4*time.Hour)))
@@ -598,11 +604,11 @@ func TestGC(t *testing.T) {
 		removed, err := s.GC(2)
 		must(t, err)
 		slices.Sort(removed)
-		if want := []string{oldest, older}; !slices.Equal(removed, want) {
+		if want := []string{oldest}; !slices.Equal(removed, want) {
 			t.Fatalf("removed %q, want %q", removed, want)
 		}
 		inv := scan(t, root)
-		if got, want := treePaths(inv), []string{cur, prev, noMeta, newest}; !slices.Equal(got, want) {
+		if got, want := treePaths(inv), []string{cur, prev, older, noMeta, newest}; !slices.Equal(got, want) {
 			t.Fatalf("trees %q, want %q", got, want)
 		}
 		if inv.Current != cur || inv.Previous != prev || len(inv.Staging) != 0 {
@@ -613,8 +619,11 @@ func TestGC(t *testing.T) {
 		}
 
 		removed, err = s.GC(1)
-		if err != nil || !slices.Equal(removed, []string{noMeta}) {
+		if err != nil || !slices.Equal(removed, []string{older}) {
 			t.Fatalf("GC(1) = %q, %v", removed, err)
+		}
+		if _, err := os.Stat(filepath.Join(root, noMeta, "bin")); err != nil {
+			t.Errorf("a directory that is not the store's was removed: %v", err)
 		}
 		if removed, err := s.GC(1); err != nil || len(removed) != 0 {
 			t.Fatalf("GC(1) again = %q, %v", removed, err)
