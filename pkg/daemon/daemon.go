@@ -364,6 +364,19 @@ func (d *Daemon) Locked(ctx context.Context, wait bool, fn func(ctx context.Cont
 		d.Log.Info("removed leftover of an interrupted install", zap.String("path", p))
 	}
 	if err != nil {
+		// A leftover that cannot be removed (an immutable file, a mount
+		// point) must not block every install: set the staging aside.
+		line, aerr := s.SetAsideStaging()
+		if aerr != nil {
+			return errors.Join(err, aerr)
+		}
+		d.Log.Warn("set aside", zap.String("what", line), zap.NamedError("cause", err))
+	}
+	recovered, err := s.Recover()
+	for _, line := range recovered {
+		d.Log.Warn("set aside", zap.String("what", line))
+	}
+	if err != nil {
 		return err
 	}
 	return fn(ctx, s, h)

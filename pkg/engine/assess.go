@@ -44,6 +44,9 @@ func Assess(h Host, cfg config.Config) (Assessment, error) {
 func (a Assessment) Report(cfg config.Config) Report {
 	r := NewReport(a.Facts, cfg, a.Decision)
 	r.Prefetch = NewPrefetchReport(a.State.Prefetch, a.Facts)
+	if a.State.Corrupt != "" {
+		r.Problems = append(r.Problems, "the state file is corrupt and read as empty ("+a.State.Corrupt+"); the next install or run sets it aside")
+	}
 	return r
 }
 

@@ -4,10 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 	"io/fs"
 	"path/filepath"
 	"time"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/atomicfile"
 )
@@ -24,6 +25,9 @@ type State struct {
 	// Prefetch is the latest fetch of a driver for a staged OS update or
 	// a newly installed kernel, nil when there was none.
 	Prefetch *Prefetch `json:"prefetch,omitempty"`
+	// Corrupt says why the state file could not be parsed, "" when it
+	// could; the State is then empty, and Recover sets the file aside.
+	Corrupt string `json:"-"`
 }
 
 // BadDigest records one failed activation.
@@ -78,8 +82,9 @@ const maxStateBytes = 4 << 20
 // ReadState reads the state file of the store at host path dir in host
 // tree host, resolved inside it and read bounded (a state file that is a
 // link to /etc/shadow means the host's, never this machine's). A missing
-// file is an empty State; an unreadable or corrupt one is an error naming
-// it.
+// file is an empty State; so is a corrupt one, with Corrupt saying why, so
+// that status and the daemon keep working; an unreadable one is an error
+// naming it.
 func ReadState(host *hostfs.Root, dir string) (State, error) {
 	p := filepath.Join(dir, StateFile)
 	data, err := host.ReadFile(p, maxStateBytes)
@@ -91,7 +96,7 @@ func ReadState(host *hostfs.Root, dir string) (State, error) {
 	}
 	var st State
 	if err := json.Unmarshal(data, &st); err != nil {
-		return State{}, fmt.Errorf("read state %s: %w", host.Join(p), err)
+		return State{Corrupt: fmt.Sprintf("%s: %v", host.Join(p), err)}, nil
 	}
 	return st, nil
 }
@@ -124,6 +129,11 @@ func (s *Store) updateState(change func(*State)) error {
 	st, err := s.State()
 	if err != nil {
 		return err
+	}
+	if st.Corrupt != "" { // kept for inspection, not overwritten
+		if _, err := s.Recover(); err != nil {
+			return err
+		}
 	}
 	change(&st)
 	data, err := json.MarshalIndent(st, "", "  ")
