@@ -34,6 +34,29 @@ image: build ## Build the daemon's image into IMAGE_LAYOUT (bin/image) without D
 		--ldconfig $(LDCONFIG) --ca-certificates $(CA_CERTS) \
 		--name $(IMAGE) --oci-layout $(IMAGE_LAYOUT) $(if $(PUSH),--push $(IMAGE))
 
+RELEASE_DIR ?= bin/release
+CYCLONEDX   := github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@v1.10.0
+# Every release artifact is a function of the commit: file times come from
+# it, and the build leaves out paths, VCS stamps and build IDs.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+RELEASE_LDFLAGS := -X main.version=$(VERSION) -buildid=
+
+.PHONY: release
+release: ## Static binaries (linux/amd64, linux/arm64), the image index, an SBOM and SHA256SUMS in RELEASE_DIR (reproducible)
+	rm -rf $(RELEASE_DIR) && mkdir -p $(RELEASE_DIR)
+	for arch in amd64 arm64; do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -buildvcs=false -ldflags '$(RELEASE_LDFLAGS)' \
+			-o $(RELEASE_DIR)/nvidia-driverd-linux-$$arch ./cmd/nvidia-driverd || exit 1; \
+	done
+	$(GO) run ./deploy/image --binary $(RELEASE_DIR)/nvidia-driverd-linux-amd64 --binary $(RELEASE_DIR)/nvidia-driverd-linux-arm64 \
+		--version $(VERSION) --revision "$$(git rev-parse HEAD 2>/dev/null)" --mtime $(SOURCE_DATE_EPOCH) \
+		--ldconfig $(LDCONFIG) --ca-certificates $(CA_CERTS) \
+		--name $(IMAGE) --oci-layout $(RELEASE_DIR)/image > $(RELEASE_DIR)/image.digest
+	$(GO) run $(CYCLONEDX) app -json -noserial -notimestamp -main cmd/nvidia-driverd \
+		-output $(RELEASE_DIR)/sbom.cdx.json . >/dev/null
+	cd $(RELEASE_DIR) && sha256sum nvidia-driverd-linux-amd64 nvidia-driverd-linux-arm64 sbom.cdx.json image/index.json > SHA256SUMS
+	@cat $(RELEASE_DIR)/SHA256SUMS
+
 .PHONY: deps
 deps: ## Install the Debian packages the tests use (run as root)
 	bash test/deps.sh

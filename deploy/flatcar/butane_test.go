@@ -43,7 +43,13 @@ func translated(t *testing.T) []byte {
 // failing on any error or warning in its report (as butane --strict does).
 func parsed(t *testing.T) types.Config {
 	t.Helper()
-	cfg, rpt, err := v3_3.Parse(translated(t))
+	return parsedFrom(t, translated(t))
+}
+
+// parsedFrom is what Ignition makes of the config ign.
+func parsedFrom(t *testing.T, ign []byte) types.Config {
+	t.Helper()
+	cfg, rpt, err := v3_3.Parse(ign)
 	if err != nil {
 		t.Fatalf("Ignition refuses the config: %v\n%s", err, rpt.String())
 	}

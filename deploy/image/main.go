@@ -9,8 +9,15 @@
 //
 //	go run ./deploy/image --binary bin/nvidia-driverd --oci-layout bin/image
 //	go run ./deploy/image --binary bin/nvidia-driverd --push registry.example.com/nvidia-driverd:v1
+//	go run ./deploy/image --binary amd64.bin --binary arm64.bin --oci-layout bin/release/image
 //
-// It prints the image digest on stdout. `make image` runs it.
+// With --binary given more than once (one per architecture, as `make
+// release` builds them) the result is an image index of one image per
+// platform; --ldconfig goes into the image of its own architecture only
+// (an image without one runs the host's, see PATH).
+//
+// It prints the image (or index) digest on stdout. `make image` and `make
+// release` run it.
 package main
 
 import (
@@ -103,9 +110,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		o                     Options
 		mtime, layoutDir, ref string
 		push                  string
-		insecure              listFlag
+		insecure, binaries    listFlag
 	)
-	fs.StringVar(&o.Binary, "binary", "bin/nvidia-driverd", "the static nvidia-driverd binary (CGO_ENABLED=0)")
+	fs.Var(&binaries, "binary", "a static nvidia-driverd binary (CGO_ENABLED=0); repeat for an index of several architectures (default bin/nvidia-driverd)")
 	fs.StringVar(&o.Ldconfig, "ldconfig", "", "a static ldconfig to put at "+LdconfigPath+" (e.g. /sbin/ldconfig from a glibc host)")
 	fs.StringVar(&o.CACerts, "ca-certificates", "", "a PEM CA bundle to put at "+CAPath)
 	fs.StringVar(&o.Version, "version", "devel", "version label")
@@ -134,31 +141,117 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usage(err)
 	}
 	o.MTime = t
-
-	img, err := Build(o)
-	if err != nil {
+	if len(binaries) == 0 {
+		binaries = listFlag{"bin/nvidia-driverd"}
+	}
+	fail := func(err error) int {
 		fmt.Fprintf(stderr, "image: %v\n", err)
 		return 1
 	}
-	digest, err := img.Digest()
+
+	if len(binaries) == 1 {
+		o.Binary = binaries[0]
+		img, err := Build(o)
+		if err != nil {
+			return fail(err)
+		}
+		digest, err := img.Digest()
+		if err != nil {
+			return fail(err)
+		}
+		if layoutDir != "" {
+			if _, err := source.WriteLayout(layoutDir, ref, img); err != nil {
+				return fail(err)
+			}
+		}
+		if push != "" {
+			if err := Push(ctx, push, img, insecure); err != nil {
+				return fail(err)
+			}
+		}
+		fmt.Fprintln(stdout, digest.String())
+		return 0
+	}
+
+	idx, err := BuildIndex(o, binaries)
 	if err != nil {
-		fmt.Fprintf(stderr, "image: %v\n", err)
-		return 1
+		return fail(err)
+	}
+	digest, err := idx.Digest()
+	if err != nil {
+		return fail(err)
 	}
 	if layoutDir != "" {
-		if _, err := source.WriteLayout(layoutDir, ref, img); err != nil {
-			fmt.Fprintf(stderr, "image: %v\n", err)
-			return 1
+		if _, err := source.WriteLayoutIndex(layoutDir, ref, idx); err != nil {
+			return fail(err)
 		}
 	}
 	if push != "" {
-		if err := Push(ctx, push, img, insecure); err != nil {
-			fmt.Fprintf(stderr, "image: %v\n", err)
-			return 1
+		if err := PushIndex(ctx, push, idx, insecure); err != nil {
+			return fail(err)
 		}
 	}
 	fmt.Fprintln(stdout, digest.String())
 	return 0
+}
+
+// BuildIndex returns an image index of one image per binary, each built
+// as Build does, with o's ldconfig only in the image of its architecture.
+// It returns an error when a binary is refused or two are for the same
+// architecture.
+func BuildIndex(o Options, binaries []string) (v1.ImageIndex, error) {
+	ldArch := ""
+	if o.Ldconfig != "" {
+		data, err := os.ReadFile(o.Ldconfig)
+		if err != nil {
+			return nil, err
+		}
+		if ldArch, err = staticArch(o.Ldconfig, data); err != nil {
+			return nil, err
+		}
+	}
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	seen := map[string]string{}
+	for _, b := range binaries {
+		data, err := os.ReadFile(b)
+		if err != nil {
+			return nil, err
+		}
+		arch, err := staticArch(b, data)
+		if err != nil {
+			return nil, err
+		}
+		if other, dup := seen[arch]; dup {
+			return nil, fmt.Errorf("%s and %s are both for %s", other, b, arch)
+		}
+		seen[arch] = b
+		po := o
+		po.Binary = b
+		if arch != ldArch {
+			po.Ldconfig = ""
+		}
+		img, err := Build(po)
+		if err != nil {
+			return nil, err
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img,
+			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	return idx, nil
+}
+
+// PushIndex is Push for an image index.
+func PushIndex(ctx context.Context, ref string, idx v1.ImageIndex, insecure []string) error {
+	tag, err := name.NewTag(ref, name.StrictValidation)
+	if err != nil {
+		return fmt.Errorf("--push %q: want registry/repository:tag: %w", ref, err)
+	}
+	reg, err := source.NewRegistry(tag.Context().String(), source.Options{Insecure: insecure})
+	if err != nil {
+		return err
+	}
+	_, err = reg.PushIndex(ctx, tag.TagStr(), idx)
+	return err
 }
 
 // unixTime parses s, or $SOURCE_DATE_EPOCH when s is empty, as Unix

@@ -142,3 +142,23 @@ func WriteLayout(path, refName string, img v1.Image) (v1.Hash, error) {
 	}
 	return d, nil
 }
+
+// WriteLayoutIndex is WriteLayout for an image index (one image per
+// platform), replacing what the layout held under refName.
+func WriteLayoutIndex(path, refName string, idx v1.ImageIndex) (v1.Hash, error) {
+	p, err := layout.FromPath(path)
+	if err != nil {
+		if p, err = layout.Write(path, empty.Index); err != nil {
+			return v1.Hash{}, fmt.Errorf("create OCI layout %s: %w", path, err)
+		}
+	}
+	if err := p.ReplaceIndex(idx, match.Annotation(RefNameAnnotation, refName),
+		layout.WithAnnotations(map[string]string{RefNameAnnotation: refName})); err != nil {
+		return v1.Hash{}, fmt.Errorf("write %s to OCI layout %s: %w", refName, path, err)
+	}
+	d, err := idx.Digest()
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("write %s to OCI layout %s: %w", refName, path, err)
+	}
+	return d, nil
+}

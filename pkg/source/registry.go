@@ -244,3 +244,23 @@ func (r *Registry) Push(ctx context.Context, tag string, img v1.Image) (v1.Hash,
 	}
 	return d, nil
 }
+
+// PushIndex uploads idx, an image per platform, to the repository under
+// tag and returns its digest.
+func (r *Registry) PushIndex(ctx context.Context, tag string, idx v1.ImageIndex) (v1.Hash, error) {
+	ref := r.repos[len(r.repos)-1].Tag(tag)
+	if err := remote.WriteIndex(ref, idx,
+		remote.WithContext(ctx),
+		remote.WithTransport(r.rt),
+		remote.WithAuthFromKeychain(r.opts.Keychain),
+		remote.WithUserAgent("nvidia-driverd"),
+		remote.WithJobs(4),
+	); err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
+	}
+	d, err := idx.Digest()
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
+	}
+	return d, nil
+}
