@@ -140,3 +140,7 @@ install: build ## Install the binary to /opt/bin and the systemd units under /et
 .PHONY: clean
 clean: ## Remove build output
 	rm -rf bin
+
+.PHONY: clean-cache
+clean-cache: ## Remove the cache of the VM, fixtures and benchmarks (CACHE, about 2.5 GB after make demo)
+	rm -rf $(CACHE)
