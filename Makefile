@@ -142,5 +142,5 @@ clean: ## Remove build output
 	rm -rf bin
 
 .PHONY: clean-cache
-clean-cache: ## Remove the cache of the VM, fixtures and benchmarks (CACHE, about 2.5 GB after make demo)
+clean-cache: ## Remove the cache of the VM, fixtures and benchmarks (CACHE, about 3 GB after make demo)
 	rm -rf $(CACHE)
