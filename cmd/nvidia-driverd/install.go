@@ -24,9 +24,21 @@ func signalContext() (context.Context, context.CancelFunc) {
 // SIGINT or SIGTERM; a store held by another nvidia-driverd is an error
 // naming its pid unless wait is set.
 func (g *globals) locked(d *daemon.Daemon, wait bool, fn func(ctx context.Context, s *store.Store, h daemon.Host) error) error {
+	return g.lockedBy(d.Locked, wait, fn)
+}
+
+// lockedExisting is locked for the commands that work on what is
+// installed: a host without a store is an error, and nothing is created.
+func (g *globals) lockedExisting(d *daemon.Daemon, wait bool, fn func(ctx context.Context, s *store.Store, h daemon.Host) error) error {
+	return g.lockedBy(d.LockedExisting, wait, fn)
+}
+
+type lockFunc func(ctx context.Context, wait bool, fn func(ctx context.Context, s *store.Store, h daemon.Host) error) error
+
+func (g *globals) lockedBy(lock lockFunc, wait bool, fn func(ctx context.Context, s *store.Store, h daemon.Host) error) error {
 	ctx, cancel := signalContext()
 	defer cancel()
-	err := d.Locked(ctx, wait, fn)
+	err := lock(ctx, wait, fn)
 	if !wait && errors.Is(err, store.ErrLocked) {
 		return fmt.Errorf("%w (use --wait to wait for it)", err)
 	}
@@ -182,10 +194,13 @@ func newGCCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.locked(d, wait, func(_ context.Context, s *store.Store, _ daemon.Host) error {
+			return g.lockedExisting(d, wait, func(_ context.Context, s *store.Store, _ daemon.Host) error {
 				removed, err := s.GC(g.cfg.Config.Keep)
 				for _, p := range removed {
 					fmt.Fprintf(g.stdout, "removed %s\n", p)
+				}
+				if err == nil && len(removed) == 0 {
+					fmt.Fprintf(g.stdout, "nothing to remove: keeping the newest %d trees besides current and previous\n", g.cfg.Config.Keep)
 				}
 				return err
 			})
@@ -206,7 +221,7 @@ func newRollbackCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.locked(d, wait, func(_ context.Context, s *store.Store, _ daemon.Host) error {
+			return g.lockedExisting(d, wait, func(_ context.Context, s *store.Store, _ daemon.Host) error {
 				from, to, err := s.Rollback()
 				if err != nil {
 					return err

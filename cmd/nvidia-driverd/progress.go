@@ -3,9 +3,12 @@ package main
 import (
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/systemd"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -48,14 +51,15 @@ func (p *progress) update(done, total int64) {
 	elapsed := now.Sub(p.start).Seconds()
 	rate := 0.0
 	if elapsed > 0 {
-		rate = float64(done) / elapsed / (1 << 20)
+		rate = float64(done) / elapsed
 	}
 	if p.tty {
-		fmt.Fprintf(p.w, "\rpulling %s/%s MiB (%.1f MiB/s)  ", mib(done), mib(total), rate)
+		fmt.Fprintf(p.w, "\r%s (%s)  ", systemd.Progress("pulling", done, total), perSecond(rate))
 		p.drew = true
 		return
 	}
-	p.log.Info("pulling", zap.Int64("done_bytes", done), zap.Int64("total_bytes", total), zap.Float64("mib_per_s", rate))
+	p.log.Info(systemd.Progress("pulling", done, total)+" ("+perSecond(rate)+")",
+		zap.Int64("done_bytes", done), zap.Int64("total_bytes", total), zap.Float64("mib_per_s", math.Round(rate/(1<<20)*10)/10))
 }
 
 // finish ends a redrawn line.
@@ -68,4 +72,25 @@ func (p *progress) finish() {
 	}
 }
 
-func mib(n int64) string { return fmt.Sprintf("%.0f", float64(n)/(1<<20)) }
+// perSecond writes a rate of bytes per second with three significant
+// digits in the largest unit it reaches: "812 KiB/s", "45.2 MiB/s".
+func perSecond(b float64) string {
+	unit, size := "B/s", 1.0
+	for _, u := range []struct {
+		name string
+		size float64
+	}{{"GiB/s", 1 << 30}, {"MiB/s", 1 << 20}, {"KiB/s", 1 << 10}} {
+		if b >= u.size {
+			unit, size = u.name, u.size
+			break
+		}
+	}
+	v := b / size
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0f %s", v, unit)
+	case v >= 10:
+		return fmt.Sprintf("%.1f %s", v, unit)
+	}
+	return fmt.Sprintf("%.2f %s", v, unit)
+}

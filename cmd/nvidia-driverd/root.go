@@ -178,6 +178,9 @@ func (g *globals) setup(cmd *cobra.Command) error {
 	if err != nil {
 		return usageError{err}
 	}
+	for _, w := range g.cfg.Warnings {
+		g.log.Warn(w)
+	}
 	return nil
 }
 

@@ -85,7 +85,7 @@ command says a reboot is needed.`,
 			if err != nil {
 				return err
 			}
-			return g.locked(d, wait, func(ctx context.Context, _ *store.Store, h daemon.Host) error {
+			return g.lockedExisting(d, wait, func(ctx context.Context, _ *store.Store, h daemon.Host) error {
 				a, err := engine.Assess(h, g.cfg.Config)
 				if err != nil {
 					return err
@@ -209,7 +209,7 @@ so. Stop nvidia-driverd.service first, or it will activate again on reload.`,
 			if err != nil {
 				return err
 			}
-			return g.locked(d, wait, func(ctx context.Context, _ *store.Store, h daemon.Host) error {
+			return g.lockedExisting(d, wait, func(ctx context.Context, _ *store.Store, h daemon.Host) error {
 				act, err := d.Deactivate(ctx, h)
 				for _, m := range act.Unloaded {
 					fmt.Fprintf(g.stdout, "unloaded %s\n", m)

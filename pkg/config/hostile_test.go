@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -58,4 +59,29 @@ func TestHostileConfiguration(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestMisspellings(t *testing.T) {
+	t.Parallel()
+	t.Run("a misspelt key in the file is named with the key meant", func(t *testing.T) {
+		p := t.TempDir() + "/config.yaml"
+		if err := os.WriteFile(p, []byte("driver-verison: 550.54.14\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(Sources{File: p, FileRequired: true})
+		if err == nil || !strings.Contains(err.Error(), `unknown key "driver-verison"; did you mean driver-version?`) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("a misspelt environment variable is warned about, an unrelated one is not", func(t *testing.T) {
+		l, err := Load(Sources{File: "/nonexistent", Environ: []string{
+			EnvPrefix + "DRIVER_VERISON=550.54.14", EnvPrefix + "BIN=/tmp/x", EnvPrefix + "KEEP=3"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "environment NVIDIA_DRIVERD_DRIVER_VERISON is not a setting; did you mean NVIDIA_DRIVERD_DRIVER_VERSION?"
+		if len(l.Warnings) != 1 || l.Warnings[0] != want {
+			t.Errorf("warnings %q, want [%q]", l.Warnings, want)
+		}
+	})
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
@@ -44,6 +46,9 @@ type Loaded struct {
 	Config  Config
 	Origins map[string]Origin // key name -> origin
 	File    string            // the file read, "" when none was
+	// Warnings are things worth telling the user that do not stop the
+	// load: an environment variable that looks like a misspelt key.
+	Warnings []string
 }
 
 // BindFlags registers one flag per key on fs. Values are parsed and
@@ -91,6 +96,7 @@ func Load(src Sources) (Loaded, error) {
 			env[name] = value
 		}
 	}
+	out.Warnings = append(out.Warnings, misspeltEnv(env)...)
 	for _, k := range keys {
 		value, ok := env[EnvName(k.name)]
 		if !ok {
@@ -149,6 +155,9 @@ func applyYAML(out *Loaded, file string, data []byte) error {
 		where := fmt.Sprintf("config %s: line %d", file, kn.Line)
 		k, ok := lookup(kn.Value)
 		if !ok {
+			if near := nearest(kn.Value); near != "" {
+				return fmt.Errorf("%s: unknown key %q; did you mean %s?", where, kn.Value, near)
+			}
 			return fmt.Errorf("%s: unknown key %q (known: %s)", where, kn.Value, keyNames())
 		}
 		if first, dup := seen[k.name]; dup {
@@ -268,4 +277,58 @@ func (l Loaded) YAML() ([]byte, error) {
 		return nil, fmt.Errorf("encode config: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// misspeltEnv returns a warning for each NVIDIA_DRIVERD_ variable that is
+// no key's but close to one's (an unrelated variable of the same prefix,
+// a test's say, is left alone).
+func misspeltEnv(env map[string]string) []string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(env)) {
+		rest, ok := strings.CutPrefix(name, EnvPrefix)
+		if !ok {
+			continue
+		}
+		key := strings.ToLower(strings.ReplaceAll(rest, "_", "-"))
+		if _, known := lookup(key); known {
+			continue
+		}
+		if near := nearest(key); near != "" {
+			out = append(out, fmt.Sprintf("environment %s is not a setting; did you mean %s?", name, EnvName(near)))
+		}
+	}
+	return out
+}
+
+// nearest returns the key within two edits of name, "" when there is
+// none or name is one.
+func nearest(name string) string {
+	best, bestD := "", 3
+	for _, k := range keys {
+		if d := editDistance(name, k.name); d < bestD && d > 0 {
+			best, bestD = k.name, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }

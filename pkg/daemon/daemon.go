@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -338,11 +339,32 @@ func (d *Daemon) Look(fn func(engine.Assessment) error) error {
 // that names the holder), removes what interrupted installs left, and
 // runs fn. The lock is released and the host closed after fn.
 func (d *Daemon) Locked(ctx context.Context, wait bool, fn func(ctx context.Context, s *store.Store, h Host) error) error {
+	return d.locked(ctx, wait, true, fn)
+}
+
+// ErrNoStore is wrapped when a command that works on installed trees
+// finds no store at all.
+var ErrNoStore = errors.New("no driver store")
+
+// LockedExisting is Locked for the commands that work on what is
+// installed (activate, deactivate, gc, rollback): on a host without a
+// store it returns an error wrapping ErrNoStore and creates nothing, not
+// even the store's lock.
+func (d *Daemon) LockedExisting(ctx context.Context, wait bool, fn func(ctx context.Context, s *store.Store, h Host) error) error {
+	return d.locked(ctx, wait, false, fn)
+}
+
+func (d *Daemon) locked(ctx context.Context, wait, create bool, fn func(ctx context.Context, s *store.Store, h Host) error) error {
 	h, err := d.OpenHost()
 	if err != nil {
 		return err
 	}
 	defer h.Close()
+	if !create {
+		if _, err := h.FS().Stat(d.Config.Store); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w at %s: nothing is installed yet (run install)", ErrNoStore, d.Config.Store)
+		}
+	}
 	s, err := store.Open(h.FS(), d.Config.Store)
 	if err != nil {
 		return err

@@ -97,9 +97,8 @@ func (d *Daemon) prefetcher(ctx context.Context) {
 		statuses = d.UpdateEngine(ctx)
 		d.Log.Info("prefetch: following update_engine for staged OS updates")
 	default:
-		tmpl, err := d.Config.Template()
-		if err != nil || !tmpl.UsesKernelRelease() {
-			d.Log.Info("prefetch: the tag template does not name the kernel release; nothing to follow")
+		if w := engine.KernelPinWarning(running, d.Config); w != "" {
+			d.Log.Warn("prefetch: not following new kernels: " + w)
 			return
 		}
 		if d.Kernels == nil {

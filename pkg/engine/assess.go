@@ -9,6 +9,7 @@ import (
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/source"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/store"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/unpack"
@@ -47,7 +48,25 @@ func (a Assessment) Report(cfg config.Config) Report {
 	if a.State.Corrupt != "" {
 		r.Problems = append(r.Problems, "the state file is corrupt and read as empty ("+a.State.Corrupt+"); the next install or run sets it aside")
 	}
+	if w := KernelPinWarning(a.Facts, cfg); w != "" {
+		r.Problems = append(r.Problems, w)
+	}
 	return r
+}
+
+// KernelPinWarning says, for a generic host whose tag template does not
+// name the kernel release, that its OS version does not pin the kernel:
+// a new kernel under the same OS version would get the same image, built
+// for another kernel. "" elsewhere.
+func KernelPinWarning(f Facts, cfg config.Config) string {
+	if f.OS.Family() != hostinfo.FamilyGeneric {
+		return ""
+	}
+	if tmpl, err := cfg.Template(); err != nil || tmpl.UsesKernelRelease() {
+		return ""
+	}
+	return "on " + f.OS.ID + " the OS version does not pin the kernel, and tag-template does not name .KernelRelease: " +
+		"a new kernel would ask for the same image; use e.g. {{.OSID}}{{.OSVersion}}-{{.KernelRelease}}-{{.DriverVersion}}"
 }
 
 // errNoDriver says that no driver version can be chosen.
