@@ -19,6 +19,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -383,7 +384,7 @@ func (d *Daemon) locked(ctx context.Context, wait, create bool, fn func(ctx cont
 	}()
 	removed, err := s.Clean()
 	for _, p := range removed {
-		d.Log.Info("removed leftover of an interrupted install", zap.String("path", p))
+		d.Log.Info("removed leftover of an interrupted install: "+p, zap.String("path", p))
 	}
 	if err != nil {
 		// A leftover that cannot be removed (an immutable file, a mount
@@ -392,11 +393,11 @@ func (d *Daemon) locked(ctx context.Context, wait, create bool, fn func(ctx cont
 		if aerr != nil {
 			return errors.Join(err, aerr)
 		}
-		d.Log.Warn("set aside", zap.String("what", line), zap.NamedError("cause", err))
+		d.Log.Warn("set aside: "+line, zap.String("what", line), zap.NamedError("cause", err))
 	}
 	recovered, err := s.Recover()
 	for _, line := range recovered {
-		d.Log.Warn("set aside", zap.String("what", line))
+		d.Log.Warn("set aside: "+line, zap.String("what", line))
 	}
 	if err != nil {
 		return err
@@ -431,7 +432,8 @@ func (d *Daemon) Converge(ctx context.Context, s *store.Store, h Host) (Outcome,
 func (d *Daemon) reconcile(ctx context.Context, s *store.Store, a engine.Assessment) (Outcome, error) {
 	plan, facts := a.Decision, a.Facts
 	log := d.Log.With(zap.String("kernel", facts.Kernel.Release), zap.String("driver", plan.Driver))
-	log.Info("planned", zap.String("action", string(plan.Action)), zap.String("reason", plan.Reason))
+	log.Info(fmt.Sprintf("planned %s of driver %s for kernel %s: %s", plan.Action, plan.Driver, facts.Kernel.Release, plan.Reason),
+		zap.String("action", string(plan.Action)), zap.String("reason", plan.Reason))
 	d.notify(d.Notify.Status(fmt.Sprintf("%s: %s", plan.Action, plan.Reason)))
 
 	tree, digest := plan.Tree, ""
@@ -458,9 +460,9 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store, a engine.Assessm
 			d.Metrics.ObserveInstall(time.Since(installStart))
 		}
 		if before == "" {
-			log.Info("driver installed", zap.String("to", tree))
+			log.Info("driver installed: current -> "+tree, zap.String("to", tree))
 		} else {
-			log.Info("driver switched", systemd.MessageID(systemd.MessageDriverSwitched), zap.String("from", before), zap.String("to", tree))
+			log.Info("driver switched: current -> "+tree+", was "+before, systemd.MessageID(systemd.MessageDriverSwitched), zap.String("from", before), zap.String("to", tree))
 		}
 	}
 	if tree == "" {
@@ -512,7 +514,8 @@ func (d *Daemon) Activate(ctx context.Context, a engine.Assessment, tree string)
 		}
 	}
 	d.Metrics.ObserveActivation(time.Since(start))
-	log.Info("driver activated", systemd.MessageID(systemd.MessageDriverActivated),
+	log.Info(fmt.Sprintf("driver activated: %s from %s on kernel %s, loaded %s", driverOf(tree), tree, a.Facts.Kernel.Release, orNone(loaded)),
+		systemd.MessageID(systemd.MessageDriverActivated),
 		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted),
 		zap.String("firmware", act.Firmware.Written), zap.String("firmware_skipped", act.Firmware.Skipped),
 		zap.String("cdi", act.CDI), zap.NamedError("cdi_error", act.CDIErr))
@@ -524,6 +527,16 @@ func (d *Daemon) Deactivate(ctx context.Context, h Host) (engine.Activation, err
 	return d.activator.Deactivate(ctx, h)
 }
 
+// driverOf is the driver version of a tree path, <store>/<driver>/<name>.
+func driverOf(tree string) string { return filepath.Base(filepath.Dir(tree)) }
+
+func orNone(names []string) string {
+	if len(names) == 0 {
+		return "nothing new"
+	}
+	return strings.Join(names, " ")
+}
+
 // observer logs each activation step of tree as started, finished or
 // failed, and names it in STATUS=.
 func (d *Daemon) observer(log *zap.Logger, tree string) func(string, bool, error) {
@@ -531,13 +544,13 @@ func (d *Daemon) observer(log *zap.Logger, tree string) func(string, bool, error
 		l := log.With(zap.String("step", step))
 		switch {
 		case !done:
-			l.Info("step started")
+			l.Info("step started: " + step)
 			d.notify(d.Notify.Status(fmt.Sprintf("activating %s: %s", tree, step)))
 		case err != nil:
 			d.Metrics.Failure(step)
-			l.Error("step failed", zap.Error(err))
+			l.Error("step failed: "+step, zap.Error(err))
 		default:
-			l.Info("step finished")
+			l.Info("step finished: " + step)
 		}
 	}
 }
@@ -564,10 +577,15 @@ func (d *Daemon) Fetch(ctx context.Context, s *store.Store, a engine.Assessment,
 	start := time.Now()
 	got, err := f.Fetch(ctx, t)
 	if err != nil {
-		log.Error("fetch failed", systemd.MessageID(systemd.MessageFetchFailed), zap.Error(err))
+		log.Error("fetch failed: "+t.Tag, systemd.MessageID(systemd.MessageFetchFailed), zap.Error(err))
 		return got, reported{err}
 	}
-	log.Info("fetched", zap.String("image", got.Image), zap.String("tree", got.Tree), zap.Bool("reused", got.Reused),
+	how := fmt.Sprintf("%d bytes", got.Bytes)
+	if got.Reused {
+		how = "already installed, nothing downloaded"
+	}
+	log.Info(fmt.Sprintf("fetched %s into %s (%s)", got.Image, got.Tree, how),
+		zap.String("image", got.Image), zap.String("tree", got.Tree), zap.Bool("reused", got.Reused),
 		zap.Int64("bytes", got.Bytes), zap.Duration("took", time.Since(start)))
 	return got, nil
 }
@@ -621,7 +639,7 @@ func (d *Daemon) rollback(s *store.Store, tree, digest, before string, cause err
 		d.Log.Error("roll back after failed activation", zap.Error(err))
 		return
 	}
-	d.Log.Warn("rolled back after failed activation", zap.String("failed", tree), zap.String("current", before))
+	d.Log.Warn("rolled back after failed activation: "+tree+" failed, current is "+before, zap.String("failed", tree), zap.String("current", before))
 }
 
 // keepPrevious applies the keep-previous policy: activate the tree that
@@ -649,7 +667,7 @@ func (d *Daemon) keepPrevious(ctx context.Context, s *store.Store, a engine.Asse
 			}
 		}
 		if _, err := d.Activate(ctx, a, p); err == nil {
-			d.Log.Warn("kept the previous driver", zap.String("tree", p), zap.NamedError("cause", cause))
+			d.Log.Warn("kept the previous driver "+p+": "+cause.Error(), zap.String("tree", p), zap.NamedError("cause", cause))
 			out := activeOutcome(f, p, t.Driver, "")
 			out.Kept = cause.Error()
 			return out, nil

@@ -209,7 +209,7 @@ func (d *Daemon) prefetchLocked(ctx context.Context, s *store.Store, h Host, run
 	if p := a.State.Prefetch; p != nil && p.State == store.PrefetchReady && p.Driver == rec.Driver && p.Tag == rec.Tag &&
 		p.OSVersion == rec.OSVersion && (rec.KernelRelease == "" || p.KernelRelease == rec.KernelRelease) &&
 		a.Facts.Store.Tree(p.Tree) != nil {
-		log.Info("already prefetched", zap.String("tree", p.Tree))
+		log.Info("already prefetched "+rec.Tag+" into "+p.Tree, zap.String("tree", p.Tree))
 		d.prefetchState(*p, running)
 		return nil
 	}
@@ -219,7 +219,7 @@ func (d *Daemon) prefetchLocked(ctx context.Context, s *store.Store, h Host, run
 		return err
 	}
 	d.prefetchState(*rec, running)
-	log.Info("prefetch started", zap.Int("attempt", rec.Attempts))
+	log.Info(fmt.Sprintf("prefetch started: %s for %s (attempt %d)", rec.Tag, nextBootOf(*rec), rec.Attempts), zap.Int("attempt", rec.Attempts))
 	start := time.Now()
 	got, err := d.Fetch(ctx, s, a, t, false)
 	rec.Digest = got.Digest
@@ -231,11 +231,22 @@ func (d *Daemon) prefetchLocked(ctx context.Context, s *store.Store, h Host, run
 	if err := s.SetPrefetch(*rec); err != nil {
 		return err
 	}
-	log.Info("prefetched", zap.String("kernel", rec.KernelRelease), zap.String("tree", got.Tree),
+	log.Info(fmt.Sprintf("prefetched %s into %s for %s", rec.Tag, got.Tree, nextBootOf(*rec)), zap.String("kernel", rec.KernelRelease), zap.String("tree", got.Tree),
 		zap.String("image", got.Image), zap.String("digest", got.Digest), zap.Bool("reused", got.Reused),
 		zap.Int64("bytes", got.Bytes), zap.Duration("took", time.Since(start)))
 	d.prefetchState(*rec, running)
 	return nil
+}
+
+// nextBootOf names what a prefetch is for, in words.
+func nextBootOf(p store.Prefetch) string {
+	switch {
+	case p.OSVersion != "" && p.KernelRelease != "":
+		return "OS " + p.OSVersion + " (kernel " + p.KernelRelease + ")"
+	case p.OSVersion != "":
+		return "OS " + p.OSVersion
+	}
+	return "kernel " + p.KernelRelease
 }
 
 // prefetchFailed records and reports a failed attempt, and returns err.
@@ -250,7 +261,7 @@ func (d *Daemon) prefetchFailed(ctx context.Context, running engine.Facts, s *st
 		d.Log.Info("prefetch interrupted", fields...)
 	} else {
 		rec.NextRetry = rec.At.Add(retryIn)
-		d.Log.Error("prefetch failed", append(fields, systemd.MessageID(systemd.MessagePrefetchFailed),
+		d.Log.Error(fmt.Sprintf("prefetch failed: %s for %s, next try in %v", rec.Tag, nextBootOf(rec), retryIn.Round(time.Second)), append(fields, systemd.MessageID(systemd.MessagePrefetchFailed),
 			zap.Duration("retry_in", retryIn), zap.Error(err))...)
 	}
 	if s != nil {

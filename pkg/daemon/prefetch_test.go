@@ -209,7 +209,7 @@ func (r *rig) reboot(t *testing.T, osv, k string) {
 func waitLogs(t *testing.T, logs *observer.ObservedLogs, msg string, field zap.Field) {
 	t.Helper()
 	eventually(t, fmt.Sprintf("a %q log with %v", msg, field), func() bool {
-		return logs.FilterMessage(msg).FilterField(field).Len() > 0
+		return logged(logs, msg).FilterField(field).Len() > 0
 	})
 }
 
@@ -286,9 +286,9 @@ func TestPrefetch(t *testing.T) {
 		if tr == nil || tr.Meta == nil || tr.Meta.KernelRelease != stagedKernel || tr.ModuleVersion("nvidia", stagedKernel) != driver {
 			t.Fatalf("prefetched tree %+v", tr)
 		}
-		logged := p.logs.FilterMessage("prefetched").AllUntimed()
-		if len(logged) != 1 || logged[0].ContextMap()["tree"] != stagedTree || logged[0].ContextMap()["os_version"] != stagedOS {
-			t.Fatalf("prefetched logs %+v", logged)
+		entries := logged(p.logs, "prefetched").AllUntimed()
+		if len(entries) != 1 || entries[0].ContextMap()["tree"] != stagedTree || entries[0].ContextMap()["os_version"] != stagedOS {
+			t.Fatalf("prefetched logs %+v", entries)
 		}
 		// update_engine repeats itself; nothing is fetched again.
 		before := p.reg.requests.Load()
@@ -300,7 +300,7 @@ func TestPrefetch(t *testing.T) {
 		if got := p.reg.requests.Load(); got != before {
 			t.Errorf("%d registry requests after a repeated status", got-before)
 		}
-		if started := p.logs.FilterMessage("prefetch started").Len(); started != 1 {
+		if started := logged(p.logs, "prefetch started").Len(); started != 1 {
 			t.Errorf("prefetch started %d times", started)
 		}
 
@@ -321,7 +321,7 @@ func TestPrefetch(t *testing.T) {
 		if got := p.reg.requests.Load(); got != before {
 			t.Errorf("%d registry requests after the reboot", got-before)
 		}
-		planned := p.logs.FilterMessage("planned").FilterField(zap.String("action", string(engine.ActionSwitch))).Len()
+		planned := logged(p.logs, "planned").FilterField(zap.String("action", string(engine.ActionSwitch))).Len()
 		if planned != 1 {
 			t.Errorf("planned switch logged %d times", planned)
 		}
@@ -370,7 +370,7 @@ func TestPrefetch(t *testing.T) {
 		if saved := p.state(t).Prefetch; saved == nil || saved.State == store.PrefetchReady {
 			t.Fatalf("state.json has %+v", saved)
 		}
-		failures := p.logs.FilterMessage("prefetch failed").FilterField(systemd.MessageID(systemd.MessagePrefetchFailed)).AllUntimed()
+		failures := logged(p.logs, "prefetch failed").FilterField(systemd.MessageID(systemd.MessagePrefetchFailed)).AllUntimed()
 		if len(failures) == 0 || failures[0].Level != zap.ErrorLevel || failures[0].ContextMap()["tag"] != stagedTag {
 			t.Fatalf("prefetch failed logs %+v", failures)
 		}
@@ -530,4 +530,12 @@ func TestRetryDelay(t *testing.T) {
 			t.Errorf("RetryDelay(%d) has no jitter: %v", tc.n, seen)
 		}
 	}
+}
+
+// logged is the entries whose message is msg, or msg followed by what it
+// says in words ("prefetched 4081.2.0-550.54.14 into ...").
+func logged(logs *observer.ObservedLogs, msg string) *observer.ObservedLogs {
+	return logs.Filter(func(e observer.LoggedEntry) bool {
+		return e.Message == msg || strings.HasPrefix(e.Message, msg+" ") || strings.HasPrefix(e.Message, msg+":")
+	})
 }

@@ -73,7 +73,13 @@ func (c *JournalCore) Write(ent zapcore.Entry, fields []zapcore.Field) error {
 		vars["CODE_FILE"] = ent.Caller.File
 		vars["CODE_LINE"] = fmt.Sprint(ent.Caller.Line)
 	}
-	if err := c.send(ent.Message, Priority(ent.Level), vars); err != nil {
+	// Read as plain text (journalctl without -o verbose) an entry says
+	// why it failed, not only that it did.
+	msg := ent.Message
+	if e := vars["ERROR"]; e != "" && !strings.Contains(msg, e) {
+		msg += ": " + e
+	}
+	if err := c.send(msg, Priority(ent.Level), vars); err != nil {
 		return fmt.Errorf("write journal entry: %w", err)
 	}
 	return nil

@@ -53,6 +53,15 @@ func TestJournalCore(t *testing.T) {
 			t.Fatalf("%+v", got[0])
 		}
 	})
+	t.Run("read as plain text, an entry says why it failed", func(t *testing.T) {
+		var got []sent
+		log := zap.New(NewJournalCore(zapcore.InfoLevel, capture(&got)))
+		log.Error("fetch failed: 3815.2.0-550.54.14", zap.Error(errors.New("no such image")))
+		log.Error("load module nvidia: ENOEXEC", zap.Error(errors.New("ENOEXEC")))
+		if got[0].msg != "fetch failed: 3815.2.0-550.54.14: no such image" || got[1].msg != "load module nvidia: ENOEXEC" {
+			t.Errorf("messages %q, %q", got[0].msg, got[1].msg)
+		}
+	})
 	t.Run("a send error is returned", func(t *testing.T) {
 		c := NewJournalCore(zapcore.InfoLevel, func(string, journal.Priority, map[string]string) error { return errors.New("no socket") })
 		if err := c.Write(zapcore.Entry{Message: "x"}, nil); err == nil {

@@ -8,6 +8,11 @@ scenario=$(cat $S/scenario)
 rel=$(uname -r)
 fails=0
 ok() { echo "ok - $*"; }
+# plain_journal DESCRIPTION EXTENDED-REGEX: the daemon's journal read as
+# plain text (no -o verbose) has a line matching the pattern.
+plain_journal() {
+	if journalctl -b -u nvidia-driverd -o cat | grep -Eq "$2"; then ok "journal in words: $1"; else nok "journal in words: no $1 ($2)"; fi
+}
 nok() { echo "not ok - $*"; fails=$((fails + 1)); }
 check() { # check DESCRIPTION COMMAND...
 	d=$1; shift
@@ -114,6 +119,9 @@ first-boot)
 	driver_usable
 	check "tree installed under /opt/nvidia/550.54.14" test -d /opt/nvidia/550.54.14
 	check "/opt/nvidia/current points into the store" test -L /opt/nvidia/current
+	plain_journal "plan: action, driver, kernel and reason" "^planned install of driver 550\.54\.14 for kernel $rel: .*no installed tree"
+	plain_journal "the image fetched" "^fetched .*550\.54\.14.* into /opt/nvidia/550\.54\.14/"
+	plain_journal "driver and kernel activated" "^driver activated: 550\.54\.14 from /opt/nvidia/550\.54\.14/.* on kernel $rel, loaded .*nvidia"
 	ready_time
 	;;
 reboot)
@@ -194,6 +202,9 @@ osupdate)
 	check "the old tree is still installed" test -f /opt/nvidia/550.54.14/$old/lib/modules/$old/video/nvidia.ko
 	n=$(journalctl -b -u nvidia-driverd MESSAGE_ID=d7a7d4b6c1cf0c146ab98f513c7c2a52 -o cat | wc -l)
 	if [ "$n" -ge 1 ]; then ok "journal: 'driver switched' (MESSAGE_ID=d7a7d4b6...)"; else nok "journal: no 'driver switched' entry"; fi
+	plain_journal "plan: action, driver, kernel and reason" "^planned install of driver 550\.54\.14 for kernel $rel: .*550\.54\.14/$old does not match kernel $rel"
+	plain_journal "the switch" "^driver switched: current -> /opt/nvidia/550\.54\.14/$rel, was /opt/nvidia/550\.54\.14/$old"
+	plain_journal "driver and kernel activated" "^driver activated: 550\.54\.14 from /opt/nvidia/550\.54\.14/$rel on kernel $rel"
 	ready_time
 	;;
 keep-previous)
