@@ -52,9 +52,16 @@ release: ## Static binaries (linux/amd64, linux/arm64), the image index, an SBOM
 		--version $(VERSION) --revision "$$(git rev-parse HEAD 2>/dev/null)" --mtime $(SOURCE_DATE_EPOCH) \
 		--ldconfig $(LDCONFIG) --ca-certificates $(CA_CERTS) \
 		--name $(IMAGE) --oci-layout $(RELEASE_DIR)/image > $(RELEASE_DIR)/image.digest
-	$(GO) run $(CYCLONEDX) app -json -noserial -notimestamp -main cmd/nvidia-driverd \
-		-output $(RELEASE_DIR)/sbom.cdx.json . >/dev/null
-	cd $(RELEASE_DIR) && sha256sum nvidia-driverd-linux-amd64 nvidia-driverd-linux-arm64 sbom.cdx.json image/index.json > SHA256SUMS
+	# One SBOM per binary, under the build's own constraints. The generator
+	# reads the checkout with go-git, which needs a plain clone (a git
+	# worktree's .git file fails).
+	GOBIN=$(CURDIR)/bin/tools $(GO) install $(CYCLONEDX)
+	for arch in amd64 arm64; do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch bin/tools/cyclonedx-gomod app -json -noserial -notimestamp -main cmd/nvidia-driverd \
+			-output $(RELEASE_DIR)/nvidia-driverd-linux-$$arch.cdx.json . >/dev/null || exit 1; \
+	done
+	cd $(RELEASE_DIR) && sha256sum nvidia-driverd-linux-amd64 nvidia-driverd-linux-arm64 \
+		nvidia-driverd-linux-amd64.cdx.json nvidia-driverd-linux-arm64.cdx.json image/index.json > SHA256SUMS
 	@cat $(RELEASE_DIR)/SHA256SUMS
 
 .PHONY: deps

@@ -9,6 +9,7 @@ import (
 	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -62,7 +63,8 @@ func TestReleaseIsReproducible(t *testing.T) {
 
 	// SHA256SUMS names every artifact, with its sum.
 	sums := string(files["SHA256SUMS"])
-	for _, name := range []string{"nvidia-driverd-linux-amd64", "nvidia-driverd-linux-arm64", "sbom.cdx.json", "image/index.json"} {
+	for _, name := range []string{"nvidia-driverd-linux-amd64", "nvidia-driverd-linux-arm64",
+		"nvidia-driverd-linux-amd64.cdx.json", "nvidia-driverd-linux-arm64.cdx.json", "image/index.json"} {
 		sum := sha256.Sum256(files[name])
 		if !strings.Contains(sums, hex.EncodeToString(sum[:])+"  "+name+"\n") {
 			t.Errorf("SHA256SUMS has no right sum for %s:\n%s", name, sums)
@@ -114,21 +116,32 @@ func TestReleaseIsReproducible(t *testing.T) {
 	if got := strings.TrimSpace(string(files["image.digest"])); got != rm.Manifests[0].Digest.String() {
 		t.Errorf("image.digest says %s, the layout holds %s", got, rm.Manifests[0].Digest)
 	}
-	// A CycloneDX SBOM naming the Go dependencies.
-	var sbom struct {
-		BOMFormat  string `json:"bomFormat"`
-		Components []struct {
-			Name, Version string
-		} `json:"components"`
-	}
-	if err := json.Unmarshal(files["sbom.cdx.json"], &sbom); err != nil {
-		t.Fatal(err)
-	}
-	names := map[string]bool{}
-	for _, c := range sbom.Components {
-		names[c.Name] = true
-	}
-	if sbom.BOMFormat != "CycloneDX" || !names["github.com/google/go-containerregistry"] || !names["go.uber.org/zap"] {
-		t.Errorf("SBOM %s with %d components: %v", sbom.BOMFormat, len(sbom.Components), names)
+	// A CycloneDX SBOM per binary, naming the Go dependencies.
+	for _, arch := range []string{"amd64", "arm64"} {
+		var sbom struct {
+			BOMFormat  string `json:"bomFormat"`
+			Components []struct {
+				Name, Version string
+			} `json:"components"`
+			Metadata struct {
+				Component struct {
+					Properties []struct{ Name, Value string } `json:"properties"`
+				} `json:"component"`
+			} `json:"metadata"`
+		}
+		name := "nvidia-driverd-linux-" + arch + ".cdx.json"
+		if err := json.Unmarshal(files[name], &sbom); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		names := map[string]bool{}
+		for _, c := range sbom.Components {
+			names[c.Name] = true
+		}
+		if sbom.BOMFormat != "CycloneDX" || !names["github.com/google/go-containerregistry"] || !names["go.uber.org/zap"] {
+			t.Errorf("%s: %s with %d components: %v", name, sbom.BOMFormat, len(sbom.Components), names)
+		}
+		if !strings.Contains(fmt.Sprint(sbom.Metadata.Component.Properties), arch) {
+			t.Errorf("%s does not name GOARCH %s: %v", name, arch, sbom.Metadata.Component.Properties)
+		}
 	}
 }
