@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
@@ -57,6 +58,7 @@ the file.`,
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	cmd.SetUsageFunc(usage)
 
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&g.root, "root", "/", "host root directory every host path is taken under (/rootfs in a container)")
@@ -194,4 +196,52 @@ func hostPath(root, p string) (string, error) {
 	}
 	defer host.Close()
 	return host.Path(p)
+}
+
+// usage writes a command's usage: its own flags, then the global ones in
+// two groups (the three of the command line, and one flag per setting,
+// listed in full only by the root's help so that no command repeats
+// them).
+func usage(c *cobra.Command) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Usage:\n  %s\n", c.UseLine())
+	if c.HasAvailableSubCommands() {
+		fmt.Fprintf(&b, "  %s [command]\n\nCommands:\n", c.CommandPath())
+		for _, sub := range c.Commands() {
+			if sub.IsAvailableCommand() || sub.Name() == "help" {
+				fmt.Fprintf(&b, "  %-14s %s\n", sub.Name(), sub.Short)
+			}
+		}
+	}
+	var own, global, settings pflag.FlagSet
+	c.LocalNonPersistentFlags().VisitAll(func(f *pflag.Flag) { own.AddFlag(f) })
+	c.InheritedFlags().VisitAll(func(f *pflag.Flag) { pick(&global, &settings, f) })
+	if c == c.Root() {
+		c.PersistentFlags().VisitAll(func(f *pflag.Flag) { pick(&global, &settings, f) })
+	}
+	if own.HasFlags() {
+		fmt.Fprintf(&b, "\nFlags:\n%s", own.FlagUsages())
+	}
+	if global.HasFlags() {
+		fmt.Fprintf(&b, "\nGlobal flags:\n%s", global.FlagUsages())
+	}
+	switch {
+	case settings.HasFlags() && c == c.Root():
+		fmt.Fprintf(&b, "\nSettings (a flag beats NVIDIA_DRIVERD_<KEY>, which beats the config file):\n%s", settings.FlagUsages())
+	case settings.HasFlags():
+		fmt.Fprintf(&b, "\nEvery setting is a flag too, --<key> VALUE: 'nvidia-driverd --help' lists them.\n")
+	}
+	if c.HasAvailableSubCommands() {
+		fmt.Fprintf(&b, "\nUse \"%s [command] --help\" for more about a command.\n", c.CommandPath())
+	}
+	_, err := io.WriteString(c.OutOrStderr(), b.String())
+	return err
+}
+
+func pick(global, settings *pflag.FlagSet, f *pflag.Flag) {
+	if _, ok := f.Annotations[config.SettingAnnotation]; ok {
+		settings.AddFlag(f)
+	} else if global.Lookup(f.Name) == nil {
+		global.AddFlag(f)
+	}
 }

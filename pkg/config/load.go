@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
@@ -54,9 +55,16 @@ type Loaded struct {
 // BindFlags registers one flag per key on fs. Values are parsed and
 // validated by Load, so flags, the environment and the file share one
 // parser and one set of error messages.
+// Each flag shows its kind and its default, and is marked with
+// SettingAnnotation so that help can list the settings apart.
 func BindFlags(fs *pflag.FlagSet) {
+	def := Default()
 	for _, k := range keys {
-		fs.String(k.name, "", k.usage+" (env "+EnvName(k.name)+")")
+		v := &settingValue{kind: k.kind}
+		fs.Var(v, k.name, k.usage+" (env "+EnvName(k.name)+")")
+		f := fs.Lookup(k.name)
+		f.DefValue = formatDefault(k.get(def))
+		f.Annotations = map[string][]string{SettingAnnotation: {"true"}}
 	}
 }
 
@@ -331,4 +339,49 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// SettingAnnotation marks the flags BindFlags adds, one per setting.
+const SettingAnnotation = "nvidia-driverd/setting"
+
+// settingValue holds a setting's flag as given; Load parses it.
+type settingValue struct {
+	kind kind
+	s    string
+}
+
+func (v *settingValue) String() string     { return v.s }
+func (v *settingValue) Set(s string) error { v.s = s; return nil }
+
+// Type is the kind of value the setting takes, as help shows it.
+func (v *settingValue) Type() string {
+	switch v.kind {
+	case kindInt:
+		return "int"
+	case kindBool:
+		return "true|false"
+	case kindList:
+		return "list"
+	case kindMap:
+		return "k=v,..."
+	}
+	return "string"
+}
+
+// formatDefault writes a default as help shows it: lists comma-separated,
+// maps as k=v pairs, "" for an empty value (then help shows none).
+func formatDefault(v any) string {
+	switch v := v.(type) {
+	case []string:
+		return strings.Join(v, ",")
+	case map[string]string:
+		var parts []string
+		for _, k := range slices.Sorted(maps.Keys(v)) {
+			parts = append(parts, k+"="+v[k])
+		}
+		return strings.Join(parts, ",")
+	case bool:
+		return strconv.FormatBool(v)
+	}
+	return fmt.Sprint(v)
 }

@@ -43,6 +43,18 @@ func TestPapercuts(t *testing.T) {
 			t.Errorf("stderr %q", r.stderr)
 		}
 	})
+	t.Run("help lists the settings once, typed and with defaults, not under every command", func(t *testing.T) {
+		sub := run(t, nil, "status", "--help")
+		if sub.code != 0 || strings.Contains(sub.stdout, "--tag-template") || !strings.Contains(sub.stdout, "--root") {
+			t.Errorf("status --help:\n%s", sub.stdout)
+		}
+		root := run(t, nil, "--help")
+		for _, want := range []string{"Settings (", "--keep int", "(default 2)", "--modules list", "--require-gpu true|false", "--fetch-timeout string"} {
+			if !strings.Contains(root.stdout, want) {
+				t.Errorf("--help lacks %q:\n%s", want, root.stdout)
+			}
+		}
+	})
 	t.Run("a repository with a scheme is refused at configuration time with the fix", func(t *testing.T) {
 		r := run(t, nil, "--root", host(t, "flatcar-ready"), "--repository", "https://ghcr.io/example/nvidia-driver", "status")
 		if r.code != 2 || !strings.Contains(r.stderr, "no scheme") {
