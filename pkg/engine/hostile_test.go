@@ -9,8 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -332,6 +335,7 @@ func TestHostileRegistry(t *testing.T) {
 				f.Timeout = time.Minute
 			}
 
+			outside := snapshotOutside(t, h.root)
 			var before runtime.MemStats
 			runtime.ReadMemStats(&before)
 			start := time.Now()
@@ -351,9 +355,35 @@ func TestHostileRegistry(t *testing.T) {
 			}
 			t.Logf("%v, %d MiB allocated: %v", took.Round(time.Millisecond), (after.TotalAlloc-before.TotalAlloc)>>20, err)
 			h.assertOldCurrent(t)
+			if got := snapshotOutside(t, h.root); !maps.Equal(got, outside) {
+				t.Errorf("the host changed outside the store: %v, was %v", got, outside)
+			}
 			if errors.Is(err, context.Canceled) {
 				t.Error("the fetch was cancelled, not bounded")
 			}
 		})
 	}
+}
+
+// snapshotOutside describes everything under root but the store: what a
+// fetch must never change.
+func snapshotOutside(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	must(t, filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if rel == "opt/nvidia" {
+			return filepath.SkipDir
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		out[rel] = fmt.Sprintf("%v %d %v", info.Mode(), info.Size(), info.ModTime().UnixNano())
+		return nil
+	}))
+	return out
 }
