@@ -123,7 +123,7 @@ demo: deps ## Boot a VM and narrate the main job: first boot, reboot, OS update 
 	bash test/e2e/demo.sh
 
 .PHONY: demo-hosts
-demo-hosts: deps build ## Show status and plan on sample host trees, then publish and install into one (no VM)
+demo-hosts: build ## Show status and plan on sample host trees, then publish and install into one (no VM)
 	bash test/demo.sh $(BIN)
 
 .PHONY: e2e
