@@ -14,6 +14,7 @@ import (
 	"io"
 	"io/fs"
 	"log"
+	"maps"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -614,7 +615,10 @@ func TestWorkflow(t *testing.T) {
 		t.Errorf("no schedule: %v", w.On["schedule"])
 	}
 
+	// matrix's own flags, and the settings every command takes (which
+	// the root's help lists).
 	matrixFlags := helpFlags(t, binary, "matrix", "--help")
+	maps.Copy(matrixFlags, helpFlags(t, binary, "--help"))
 	buildFlags := helpFlags(t, "./build.sh", "--help")
 	var combo feed.Combination
 	fields := map[string]bool{}
