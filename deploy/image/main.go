@@ -149,45 +149,41 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 
+	// One binary makes an image, several an index of one per platform.
+	var (
+		digest v1.Hash
+		write  func() error
+		upload func() error
+	)
 	if len(binaries) == 1 {
 		o.Binary = binaries[0]
 		img, err := Build(o)
+		if err == nil {
+			digest, err = img.Digest()
+		}
 		if err != nil {
 			return fail(err)
 		}
-		digest, err := img.Digest()
+		write = func() error { _, err := source.WriteLayout(layoutDir, ref, img); return err }
+		upload = func() error { return Push(ctx, push, img, insecure) }
+	} else {
+		idx, err := BuildIndex(o, binaries)
+		if err == nil {
+			digest, err = idx.Digest()
+		}
 		if err != nil {
 			return fail(err)
 		}
-		if layoutDir != "" {
-			if _, err := source.WriteLayout(layoutDir, ref, img); err != nil {
-				return fail(err)
-			}
-		}
-		if push != "" {
-			if err := Push(ctx, push, img, insecure); err != nil {
-				return fail(err)
-			}
-		}
-		fmt.Fprintln(stdout, digest.String())
-		return 0
-	}
-
-	idx, err := BuildIndex(o, binaries)
-	if err != nil {
-		return fail(err)
-	}
-	digest, err := idx.Digest()
-	if err != nil {
-		return fail(err)
+		write = func() error { _, err := source.WriteLayoutIndex(layoutDir, ref, idx); return err }
+		upload = func() error { return PushIndex(ctx, push, idx, insecure) }
 	}
 	if layoutDir != "" {
-		if _, err := source.WriteLayoutIndex(layoutDir, ref, idx); err != nil {
+		if err := write(); err != nil {
 			return fail(err)
 		}
 	}
 	if push != "" {
-		if err := PushIndex(ctx, push, idx, insecure); err != nil {
+		if err := upload(); err != nil {
 			return fail(err)
 		}
 	}
@@ -242,15 +238,10 @@ func BuildIndex(o Options, binaries []string) (v1.ImageIndex, error) {
 
 // PushIndex is Push for an image index.
 func PushIndex(ctx context.Context, ref string, idx v1.ImageIndex, insecure []string) error {
-	tag, err := name.NewTag(ref, name.StrictValidation)
-	if err != nil {
-		return fmt.Errorf("--push %q: want registry/repository:tag: %w", ref, err)
+	reg, tag, err := registryOf(ref, insecure)
+	if err == nil {
+		_, err = reg.PushIndex(ctx, tag, idx)
 	}
-	reg, err := source.NewRegistry(tag.Context().String(), source.Options{Insecure: insecure})
-	if err != nil {
-		return err
-	}
-	_, err = reg.PushIndex(ctx, tag.TagStr(), idx)
 	return err
 }
 
@@ -274,16 +265,21 @@ func unixTime(s string) (time.Time, error) {
 // daemon's own registry client: verified TLS, except for hosts listed in
 // insecure, which may use plain HTTP or an unverified certificate.
 func Push(ctx context.Context, ref string, img v1.Image, insecure []string) error {
+	reg, tag, err := registryOf(ref, insecure)
+	if err == nil {
+		_, err = reg.Push(ctx, tag, img)
+	}
+	return err
+}
+
+// registryOf is the registry client and tag for ref.
+func registryOf(ref string, insecure []string) (*source.Registry, string, error) {
 	tag, err := name.NewTag(ref, name.StrictValidation)
 	if err != nil {
-		return fmt.Errorf("--push %q: want registry/repository:tag: %w", ref, err)
+		return nil, "", fmt.Errorf("--push %q: want registry/repository:tag: %w", ref, err)
 	}
 	reg, err := source.NewRegistry(tag.Context().String(), source.Options{Insecure: insecure})
-	if err != nil {
-		return err
-	}
-	_, err = reg.Push(ctx, tag.TagStr(), img)
-	return err
+	return reg, tag.TagStr(), err
 }
 
 // file is one regular file of the layer.

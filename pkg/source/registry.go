@@ -228,28 +228,21 @@ func (r *Registry) image(ctx context.Context, repo name.Repository, tag string) 
 // returns the manifest digest. Blobs the registry already has are not
 // uploaded again.
 func (r *Registry) Push(ctx context.Context, tag string, img v1.Image) (v1.Hash, error) {
-	ref := r.repos[len(r.repos)-1].Tag(tag)
-	if err := remote.Write(ref, img,
-		remote.WithContext(ctx),
-		remote.WithTransport(r.rt),
-		remote.WithAuthFromKeychain(r.opts.Keychain),
-		remote.WithUserAgent("nvidia-driverd"),
-		remote.WithJobs(4),
-	); err != nil {
-		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
-	}
-	d, err := img.Digest()
-	if err != nil {
-		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
-	}
-	return d, nil
+	return r.push(ctx, tag, img, func(ref name.Reference, o ...remote.Option) error { return remote.Write(ref, img, o...) })
 }
 
 // PushIndex uploads idx, an image per platform, to the repository under
 // tag and returns its digest.
 func (r *Registry) PushIndex(ctx context.Context, tag string, idx v1.ImageIndex) (v1.Hash, error) {
+	return r.push(ctx, tag, idx, func(ref name.Reference, o ...remote.Option) error { return remote.WriteIndex(ref, idx, o...) })
+}
+
+// push writes an image or index with write, over the registry's
+// transport and credentials, and returns its digest.
+func (r *Registry) push(ctx context.Context, tag string, what interface{ Digest() (v1.Hash, error) },
+	write func(name.Reference, ...remote.Option) error) (v1.Hash, error) {
 	ref := r.repos[len(r.repos)-1].Tag(tag)
-	if err := remote.WriteIndex(ref, idx,
+	if err := write(ref,
 		remote.WithContext(ctx),
 		remote.WithTransport(r.rt),
 		remote.WithAuthFromKeychain(r.opts.Keychain),
@@ -258,7 +251,7 @@ func (r *Registry) PushIndex(ctx context.Context, tag string, idx v1.ImageIndex)
 	); err != nil {
 		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
 	}
-	d, err := idx.Digest()
+	d, err := what.Digest()
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
 	}
