@@ -28,16 +28,20 @@ for line in open(sys.argv[1]):
     except ValueError:
         continue
     ours = e.get("_COMM") == "nvidia-driverd"
-    if not (ours or e.get("_COMM") == "systemd") or e.get("MESSAGE") in (None, "step finished"):
+    msg = e.get("MESSAGE")
+    if not (ours or e.get("_COMM") == "systemd") or msg is None or msg.startswith("step finished"):
         continue
     t = int(e.get("__MONOTONIC_TIMESTAMP", "0")) / 1e6
-    if e["MESSAGE"] == "step started":
+    if msg.startswith("step started"):
         print("  %7.2fs    step %s" % (t, e.get("STEP", "?")))
         continue
     fields = []
     for k, v in sorted(e.items()):
-        if k in ("KERNEL", "DRIVER") and e["MESSAGE"] != "planned":
+        # The message says these in words already.
+        if k in ("KERNEL", "DRIVER", "ACTION", "REASON", "TREE", "STEP", "IMAGE", "TAG"):
             continue
+        if v == "":
+            continue  # an empty field (cdi=, mounted=) says nothing
         if k.startswith("_") or k in skip or not isinstance(v, str):
             continue
         if k == "MESSAGE_ID":
@@ -45,7 +49,7 @@ for line in open(sys.argv[1]):
                 continue
             v = names[v]
         fields.append("%s=%s" % (k.lower(), v if len(v) < 160 else v[:157] + "..."))
-    print("  %7.2fs  %s  %s" % (t, e["MESSAGE"], " ".join(fields)))
+    print("  %7.2fs  %s  %s" % (t, msg, " ".join(fields)))
 PYEOF
 }
 
@@ -76,13 +80,16 @@ say "kernel and finit_module, stub NVIDIA modules built for its two kernels, and
 say "on the guest's loopback. Building and booting (progress on stderr)..."
 rc=0
 summary=$("$E2E_DIR/run-e2e.sh" first-boot reboot osupdate) || rc=$?
-release=$(cat "$CACHE"/run/share-first-boot/status.txt | sed -n 's/^Kernel *\([^ ]*\).*/\1/p')
+kernel_of() { sed -n 's/^Kernel *\([^ ]*\).*/\1/p' "$CACHE/run/share-$1/status.txt" 2>/dev/null; }
+ready_of() { grep -o '^info ready_ms=[0-9]*' "$CACHE/run/share-$1/result.txt" 2>/dev/null | sed 's/^info ready_ms=//'; }
+release=$(kernel_of first-boot)
+rt_release=$(kernel_of osupdate)
 show first-boot "1. First boot: no driver installed" \
 	"The store /opt/nvidia is empty. nvidia-driverd.service (Type=notify) finds no tree for kernel $release, pulls debian12-$release-550.54.14 from the registry, checks every module's vermagic, switches /opt/nvidia/current, loads nvidia, nvidia-modeset, nvidia-uvm and nvidia-drm with NVreg_EnableMSI=1 from the config, makes the device nodes, runs ldconfig, starts nvidia-persistenced and only then sends READY=1. kubelet (Requires=/After= the unit) starts after that."
 show reboot "2. Second boot, same kernel, registry stopped" \
-	"Nothing to download: the installed tree matches the kernel, so the daemon loads it and is ready in well under a second of its own time."
+	"Nothing to download: the installed tree matches the kernel, so the daemon loads it and sends READY=1 $(ready_of reboot) ms after it started."
 show osupdate "3. OS update: a new kernel and a new os-release" \
-	"The host now boots the -rt kernel (another vermagic) and os-release says version 13. The installed tree no longer matches, so the daemon pulls debian13-<rt release>-550.54.14, switches to it and loads it; the old tree stays as /opt/nvidia/previous for rollback."
+	"The host now boots the -rt kernel (another vermagic) and os-release says version 13. The installed tree no longer matches, so the daemon pulls debian13-$rt_release-550.54.14, switches to it and loads it; the old tree stays as /opt/nvidia/previous for rollback."
 echo
 say "== summary"
 echo "$summary"
