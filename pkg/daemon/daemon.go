@@ -586,7 +586,7 @@ func (d *Daemon) Fetch(ctx context.Context, s *store.Store, a engine.Assessment,
 	}
 	log.Info(fmt.Sprintf("fetched %s into %s (%s)", got.Image, got.Tree, how),
 		zap.String("image", got.Image), zap.String("tree", got.Tree), zap.Bool("reused", got.Reused),
-		zap.Int64("bytes", got.Bytes), zap.Duration("took", time.Since(start)))
+		zap.Int64("bytes", got.Bytes), zap.Duration("took", time.Since(start).Round(time.Millisecond)))
 	return got, nil
 }
 

@@ -233,7 +233,7 @@ func (d *Daemon) prefetchLocked(ctx context.Context, s *store.Store, h Host, run
 	}
 	log.Info(fmt.Sprintf("prefetched %s into %s for %s", rec.Tag, got.Tree, nextBootOf(*rec)), zap.String("kernel", rec.KernelRelease), zap.String("tree", got.Tree),
 		zap.String("image", got.Image), zap.String("digest", got.Digest), zap.Bool("reused", got.Reused),
-		zap.Int64("bytes", got.Bytes), zap.Duration("took", time.Since(start)))
+		zap.Int64("bytes", got.Bytes), zap.Duration("took", time.Since(start).Round(time.Millisecond)))
 	d.prefetchState(*rec, running)
 	return nil
 }
