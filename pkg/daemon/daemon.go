@@ -386,7 +386,7 @@ func (d *Daemon) locked(ctx context.Context, wait, create bool, fn func(ctx cont
 	for _, p := range removed {
 		d.Log.Info("removed leftover of an interrupted install: "+p, zap.String("path", p))
 	}
-	if err != nil {
+	if errors.Is(err, store.ErrStagingStuck) {
 		// A leftover that cannot be removed (an immutable file, a mount
 		// point) must not block every install: set the staging aside.
 		line, aerr := s.SetAsideStaging()
@@ -394,6 +394,8 @@ func (d *Daemon) locked(ctx context.Context, wait, create bool, fn func(ctx cont
 			return errors.Join(err, aerr)
 		}
 		d.Log.Warn("set aside: "+line, zap.String("what", line), zap.NamedError("cause", err))
+	} else if err != nil {
+		return err
 	}
 	recovered, err := s.Recover()
 	for _, line := range recovered {

@@ -249,9 +249,10 @@ func (r *Root) pathError(p string, err error) error {
 // last component is kept. Components from the first missing one on are
 // taken lexically. The errors are bare (see pathError).
 func (r *Root) resolve(p string, follow bool) (string, error) {
-	var done []string          // resolved components, none a symlink
-	todo := splitPath(p)       // components still to walk
-	links, missing := 0, false // missing: a component did not exist
+	var done []string    // resolved components, none a symlink
+	todo := splitPath(p) // components still to walk
+	links := 0
+	missingAt := -1 // len(done) when a component did not exist; -1 while all did
 	for len(todo) > 0 {
 		c := todo[0]
 		todo = todo[1:]
@@ -262,16 +263,21 @@ func (r *Root) resolve(p string, follow bool) (string, error) {
 			if len(done) > 0 {
 				done = done[:len(done)-1]
 			}
+			if len(done) <= missingAt {
+				// Back among components that exist: the rest must be
+				// resolved again, or a link there would lead out.
+				missingAt = -1
+			}
 			continue
 		}
-		if missing || (!follow && len(todo) == 0) {
+		if missingAt >= 0 || (!follow && len(todo) == 0) {
 			done = append(done, c)
 			continue
 		}
 		cur := filepath.Join(append(done, c)...)
 		fi, err := r.root.Lstat(cur)
 		if errors.Is(err, fs.ErrNotExist) {
-			missing = true
+			missingAt = len(done)
 			done = append(done, c)
 			continue
 		}

@@ -65,6 +65,8 @@ func TestPathStaysInsideTheRoot(t *testing.T) {
 		"etc/loop1":            "->loop2",
 		"etc/loop2":            "->/etc/loop1",
 		"var/opt/nvidia/state": "->/etc/shadow",
+		"top":                  "->/",
+		"via-missing":          "->/nonexistent/../top/etc/passwd",
 	})
 	cases := []struct {
 		name, path, want string
@@ -78,6 +80,8 @@ func TestPathStaysInsideTheRoot(t *testing.T) {
 		{"a link inside a linked directory", "/opt/nvidia/state", "etc/shadow", true},
 		{"dot-dot at the top stays", "/../../x", "x", true},
 		{"missing parts are kept", "/opt/a/../b/c", "var/opt/b/c", true},
+		{"a link after a missing part and .. is followed inside", "/nonexistent/../top/etc/passwd", "etc/passwd", true},
+		{"a link whose target does that too", "/via-missing", "etc/passwd", true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

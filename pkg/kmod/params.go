@@ -58,6 +58,7 @@ const maxParams = 1024
 type paramList struct {
 	words []string
 	at    map[string]int // index in words by key
+	max   int            // the most words; 0 means maxParams
 }
 
 // set adds word, or puts it in place of the word with the same key. It
@@ -68,8 +69,12 @@ func (l *paramList) set(word string) error {
 		l.words[i] = word
 		return nil
 	}
-	if len(l.words) >= maxParams {
-		return fmt.Errorf("more than %d parameters", maxParams)
+	limit := l.max
+	if limit == 0 {
+		limit = maxParams
+	}
+	if len(l.words) >= limit {
+		return fmt.Errorf("more than %d parameters", limit)
 	}
 	if l.at == nil {
 		l.at = map[string]int{}
@@ -82,14 +87,12 @@ func (l *paramList) set(word string) error {
 // mergeParams returns the module's parameters: the modprobe.d words, then
 // the configured ones, a later word replacing an earlier one with the same
 // key where that one stood. It returns them joined by spaces, "" for none.
-// Both lists are capped at maxParams already, so the merge cannot exceed
-// twice that.
+// Both lists are capped at maxParams already, so the merge holds at most
+// twice that, and no word is dropped.
 func mergeParams(modprobe, config []string) string {
-	var l paramList
+	l := paramList{max: 2 * maxParams}
 	for _, w := range slices.Concat(modprobe, config) {
-		if l.set(w) != nil {
-			break
-		}
+		_ = l.set(w) // within the cap by construction
 	}
 	return strings.Join(l.words, " ")
 }

@@ -84,6 +84,16 @@ func TestParams(t *testing.T) {
 		}
 	})
 
+	t.Run("a configured parameter is kept however many the tree has", func(t *testing.T) {
+		var modprobe []string
+		for i := range maxParams {
+			modprobe = append(modprobe, fmt.Sprintf("p%d=a", i))
+		}
+		if got := mergeParams(modprobe, []string{"NVreg_EnableMSI=1"}); !strings.HasSuffix(got, " NVreg_EnableMSI=1") {
+			t.Errorf("the configured parameter was dropped: ...%s", got[len(got)-40:])
+		}
+	})
+
 	t.Run("a missing modprobe.d has no options", func(t *testing.T) {
 		got, err := readModprobeDir(t.TempDir() + "/none")
 		if err != nil || len(got) != 0 {

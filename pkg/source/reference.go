@@ -104,11 +104,34 @@ const (
 // fields: a few string functions, for registries whose tags differ from
 // the default scheme.
 var templateFuncs = template.FuncMap{
-	"lower":      strings.ToLower,
-	"upper":      strings.ToUpper,
-	"replace":    func(old, new, s string) string { return strings.ReplaceAll(s, old, new) },
+	"lower":      func(s string) (string, error) { return bounded(strings.ToLower(s)) },
+	"upper":      func(s string) (string, error) { return bounded(strings.ToUpper(s)) },
+	"replace":    replace,
 	"trimPrefix": func(prefix, s string) string { return strings.TrimPrefix(s, prefix) },
 	"trimSuffix": func(suffix, s string) string { return strings.TrimSuffix(s, suffix) },
+}
+
+// maxFuncOutput bounds what one template function returns, so that
+// nested calls cannot build a large string on the way to the output.
+const maxFuncOutput = 1024
+
+func bounded(s string) (string, error) {
+	if len(s) > maxFuncOutput {
+		return "", fmt.Errorf("a value longer than %d bytes", maxFuncOutput)
+	}
+	return s, nil
+}
+
+// replace is strings.ReplaceAll with an old string to find and a bounded
+// result.
+func replace(old, new, s string) (string, error) {
+	if old == "" {
+		return "", errors.New(`replace "" ...: say what to replace`)
+	}
+	if n := strings.Count(s, old); n > 0 && len(s)+n*(len(new)-len(old)) > maxFuncOutput {
+		return "", fmt.Errorf("a value longer than %d bytes", maxFuncOutput)
+	}
+	return strings.ReplaceAll(s, old, new), nil
 }
 
 // parseRestricted parses a template of at most maxTemplateLen bytes that
@@ -154,7 +177,8 @@ func checkRestricted(n parse.Node) error {
 			}
 		}
 		return nil
-	case *parse.TextNode, *parse.FieldNode, *parse.DotNode, *parse.StringNode, *parse.CommentNode, *parse.BoolNode:
+	case *parse.TextNode, *parse.FieldNode, *parse.DotNode, *parse.StringNode, *parse.CommentNode, *parse.BoolNode,
+		*parse.NumberNode, *parse.NilNode:
 		return nil
 	case *parse.ActionNode:
 		return checkRestricted(n.Pipe)

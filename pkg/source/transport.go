@@ -205,6 +205,12 @@ func (b *resumingBody) Read(p []byte) (int, error) {
 		if err == nil || (err == io.EOF && b.read == b.size) {
 			return n, err
 		}
+		if b.read == b.size {
+			// Every byte is here; whatever broke after the last one
+			// (a stall timer, a reset) is no reason to ask again. The
+			// digest above still checks the stream.
+			return n, io.EOF
+		}
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
@@ -316,46 +322,41 @@ const MinProgress = 16 << 10
 var ErrStalled = errors.New("download stalled")
 
 // stallBody gives up a response body that receives less than MinProgress
-// bytes in a stall timeout: it closes the body, which ends a blocked
-// Read, and the read fails with ErrStalled (retried above as a broken
-// download, resumed from where it stopped).
+// bytes in a stall timeout of waiting for it: a Read that waits past what
+// is left of the timeout closes the body, which ends it, and fails with
+// ErrStalled (retried above as a broken download, resumed from where it
+// stopped). Only time spent inside Read counts: a consumer that waits
+// between reads (for a decoder's memory, for the disk) does not stall the
+// download.
 type stallBody struct {
 	body    io.ReadCloser
 	timeout time.Duration
-	timer   *time.Timer
 	stalled atomic.Bool
-	window  int64 // bytes received since the window started
+	window  int64         // bytes received since the window started
+	waited  time.Duration // time spent in Read since then
 }
 
 func newStallBody(body io.ReadCloser, timeout time.Duration) *stallBody {
-	b := &stallBody{body: body, timeout: timeout}
-	b.timer = time.AfterFunc(timeout, func() {
-		b.stalled.Store(true)
-		body.Close()
-	})
-	return b
+	return &stallBody{body: body, timeout: timeout}
 }
 
 func (b *stallBody) Read(p []byte) (int, error) {
+	left := max(b.timeout-b.waited, time.Millisecond)
+	start := time.Now()
+	timer := time.AfterFunc(left, func() {
+		b.stalled.Store(true)
+		b.body.Close()
+	})
 	n, err := b.body.Read(p)
+	timer.Stop()
+	b.waited += time.Since(start)
 	if b.window += int64(n); b.window >= MinProgress {
-		if !b.timer.Stop() { // it fired meanwhile
-			return n, b.stallError()
-		}
-		b.window = 0
-		b.timer.Reset(b.timeout)
+		b.window, b.waited = 0, 0
 	}
 	if err != nil && err != io.EOF && b.stalled.Load() {
-		return n, b.stallError()
+		return n, fmt.Errorf("%w: less than %d bytes in %v", ErrStalled, MinProgress, b.timeout)
 	}
 	return n, err
 }
 
-func (b *stallBody) stallError() error {
-	return fmt.Errorf("%w: less than %d bytes in %v", ErrStalled, MinProgress, b.timeout)
-}
-
-func (b *stallBody) Close() error {
-	b.timer.Stop()
-	return b.body.Close()
-}
+func (b *stallBody) Close() error { return b.body.Close() }

@@ -6,6 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -103,3 +106,31 @@ type timeoutError struct{}
 func (timeoutError) Error() string   { return "i/o timeout" }
 func (timeoutError) Timeout() bool   { return true }
 func (timeoutError) Temporary() bool { return true }
+
+func TestStallCountsOnlyWaitingForTheNetwork(t *testing.T) {
+	t.Parallel()
+	body := strings.Repeat("x", 64<<10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	rt := newRetryTransport(http.DefaultTransport, Retry{Attempts: 1}, 100*time.Millisecond)
+	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 1024)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil {
+		t.Fatal(err)
+	}
+	// A consumer busy elsewhere (a decoder's memory, the disk) for longer
+	// than the stall timeout is not a stalled download.
+	time.Sleep(300 * time.Millisecond)
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || len(rest)+len(buf) != len(body) {
+		t.Fatalf("read %d bytes, %v", len(rest)+len(buf), err)
+	}
+}

@@ -47,6 +47,18 @@ func TestRecover(t *testing.T) {
 			aside: "." + StateFile + ".corrupt-",
 		},
 		{
+			name: "a state.json that is a directory is set aside too",
+			break_: func(t *testing.T, root string, s *Store, tree string) {
+				must(t, os.MkdirAll(filepath.Join(root, storeDir, StateFile, "x"), 0o755))
+			},
+			check: func(t *testing.T, root string, s *Store, tree string) {
+				if st, err := s.State(); err != nil || st.Corrupt != "" {
+					t.Errorf("state %+v, %v", st, err)
+				}
+			},
+			aside: "." + StateFile + ".corrupt-",
+		},
+		{
 			name: "a current that is a plain directory is set aside and a switch works",
 			break_: func(t *testing.T, root string, s *Store, tree string) {
 				must(t, os.Remove(filepath.Join(root, storeDir, CurrentLink)))

@@ -279,12 +279,20 @@ func (s *Store) Clean() ([]string, error) {
 	}
 	for _, p := range leftovers {
 		if err := os.RemoveAll(s.fs(p)); err != nil {
+			if filepath.Dir(p) == s.stagingDir() {
+				err = fmt.Errorf("%w: %w", ErrStagingStuck, err)
+			}
 			return removed, fmt.Errorf("clean %s: %w", p, err)
 		}
 		removed = append(removed, p)
 	}
 	return removed, nil
 }
+
+// ErrStagingStuck is wrapped when Clean cannot remove an entry of the
+// staging directory (an immutable file, a mount point in it); then
+// SetAsideStaging lets installs go on.
+var ErrStagingStuck = errors.New("a staging leftover cannot be removed")
 
 // leftovers returns the host paths Clean removes. It returns an
 // error when the store or its staging directory cannot be read.

@@ -91,6 +91,9 @@ func ReadState(host *hostfs.Root, dir string) (State, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return State{}, nil
 	}
+	if errors.Is(err, hostfs.ErrTooLarge) || errors.Is(err, hostfs.ErrNotRegular) {
+		return State{Corrupt: err.Error()}, nil // set aside by Recover, like bad JSON
+	}
 	if err != nil {
 		return State{}, fmt.Errorf("read state: %w", err)
 	}
