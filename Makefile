@@ -127,7 +127,11 @@ demo-hosts: build ## Show status and plan on sample host trees, then publish and
 	bash test/demo.sh $(BIN)
 
 .PHONY: e2e
-e2e: e2e-cli e2e-vm ## All end-to-end tests: the binary against fixture hosts, then the VM scenarios
+e2e: e2e-cli e2e-hermetic e2e-vm ## All end-to-end tests: the binary against fixture hosts, the module build's isolation, then the VM scenarios
+
+.PHONY: e2e-hermetic
+e2e-hermetic: ## Build the VM's stub modules with the host's /usr/src and /lib/modules hidden (root)
+	bash test/e2e/check-hermetic.sh
 
 .PHONY: e2e-cli
 e2e-cli: build ## Run the built binary end to end against fixture hosts
@@ -149,5 +153,5 @@ clean: ## Remove build output
 	rm -rf bin
 
 .PHONY: clean-cache
-clean-cache: ## Remove the cache of the VM, fixtures and benchmarks (CACHE, about 3 GB after make demo)
+clean-cache: ## Remove the cache of the VM, fixtures and benchmarks (CACHE, about 5 GB after make demo)
 	rm -rf $(CACHE)

@@ -162,6 +162,9 @@ func (g *globals) switchOnly(ctx context.Context, d *daemon.Daemon, s *store.Sto
 	switch plan.Action {
 	case engine.ActionRefuse:
 		return errors.New(plan.Reason)
+	case engine.ActionNoGPU:
+		fmt.Fprintf(g.stdout, "nothing to do: %s\n", plan.Reason)
+		return nil
 	case engine.ActionNone, engine.ActionLoad:
 		fmt.Fprintf(g.stdout, "%s is current and matches kernel %s\n", plan.Tree, a.Facts.Kernel.Release)
 		return nil

@@ -55,7 +55,7 @@ func newPlanCommand(g *globals) *cobra.Command {
 		Use:   "plan",
 		Short: "Show what 'run' would do now, doing nothing",
 		Long: `Decide what 'run' would do on this host now and print it, changing nothing.
-The action is one of: none, load, install, switch, refuse.
+The action is one of: none, load, install, switch, refuse, no-gpu.
 
 Exit status: 0 when a decision was made (refuse included), 1 when the host
 could not be read, 2 for bad flags or configuration.`,

@@ -157,6 +157,7 @@ type Outcome struct {
 	Tree     string // the active tree
 	Driver   string
 	Degraded string // why the driver is not usable but the daemon stays up
+	Idle     string // why there is nothing to do (no GPU): ready, no driver
 	// Kept says why the wanted driver is not the one active: keep-previous
 	// fell back to Tree.
 	Kept string
@@ -168,6 +169,9 @@ type Outcome struct {
 func (o Outcome) Status() string {
 	if o.Degraded != "" {
 		return "degraded: " + o.Degraded
+	}
+	if o.Idle != "" {
+		return "nothing to do: " + o.Idle
 	}
 	s := fmt.Sprintf("driver %s active from %s", o.Driver, o.Tree)
 	if o.Kept != "" {
@@ -187,8 +191,8 @@ func activeOutcome(f engine.Facts, tree, driver, digest string) Outcome {
 
 // report hands a reconcile's result to the metrics.
 func (d *Daemon) report(out Outcome, err error) {
-	if err != nil || out.Degraded != "" {
-		d.Metrics.NotReady()
+	if err != nil || out.Degraded != "" || out.Idle != "" {
+		d.Metrics.NotReady() // no GPU: no usable driver, though nothing failed
 	} else {
 		d.Metrics.Ready(metrics.Info{Driver: out.Driver, Kernel: out.Kernel, OSVersion: out.OSVersion, Digest: out.Digest, Tree: out.Tree})
 	}
@@ -209,7 +213,7 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 		return err
 	}
 	d.notify(d.Notify.Ready(d.setOutcome(out)))
-	if d.Config.Prefetch {
+	if d.Config.Prefetch && out.Idle == "" { // no GPU: nothing to prefetch for
 		pctx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() {
@@ -444,6 +448,8 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store, a engine.Assessm
 	case engine.ActionRefuse:
 		d.Metrics.Failure(metrics.StepPlan)
 		return Outcome{}, errors.New(plan.Reason)
+	case engine.ActionNoGPU:
+		return Outcome{Idle: plan.Reason, Kernel: facts.Kernel.Release, OSVersion: facts.OS.OSVersion()}, nil
 	case engine.ActionInstall:
 		got, err := d.Fetch(ctx, s, a, *plan.Target, true)
 		if err != nil {
@@ -503,8 +509,15 @@ func (d *Daemon) Activate(ctx context.Context, a engine.Assessment, tree string)
 	if err != nil {
 		running := a.Decision.Action == engine.ActionNone && tree == a.Facts.Store.Current
 		if !running && !errors.Is(err, engine.ErrRebootNeeded) {
-			if _, derr := d.activator.Deactivate(ctx, a.Host); derr != nil {
+			undone, derr := d.activator.Undo(ctx, a.Host, act)
+			if derr != nil {
 				log.Error("undo failed activation", zap.Error(derr))
+			} else {
+				msg := "failed activation undone"
+				if len(undone.Unloaded) > 0 {
+					msg += ": unloaded " + strings.Join(undone.Unloaded, " ")
+				}
+				log.Info(msg, zap.Strings("unloaded", undone.Unloaded))
 			}
 		}
 		return act, err

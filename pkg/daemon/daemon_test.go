@@ -248,6 +248,34 @@ func TestRun(t *testing.T) {
 		}
 	})
 
+	t.Run("a host without a GPU is ready with nothing loaded, so kubelet starts", func(t *testing.T) {
+		n := listenNotify(t)
+		r := newRigOn(t, "debian-generic", func(c *config.Config) { c.RequireGPU = true; c.Prefetch = true })
+		r.d.Metrics = metrics.New()
+		stop, reload := r.run(t)
+		seen := n.until(t, "READY=1")
+		if m := seen[len(seen)-1]; !strings.Contains(m, "STATUS=nothing to do: no NVIDIA GPU on the PCI bus") {
+			t.Errorf("READY message %q", m)
+		}
+		reload <- syscall.SIGHUP // a re-check finds the same
+		n.until(t, "RELOADING=1")
+		if m := n.until(t, "READY=1"); !strings.Contains(m[len(m)-1], "STATUS=nothing to do: ") {
+			t.Errorf("re-check %q", m)
+		}
+		if err := stop(); err != nil {
+			t.Fatalf("Run = %v, want nil: no GPU is not a failure", err)
+		}
+		if got := r.kernel.Loaded(); len(got) != 0 {
+			t.Errorf("loaded %q on a host without a GPU", got)
+		}
+		if r.d.Metrics.IsReady() {
+			t.Error("driver_ready is 1 without a driver")
+		}
+		if _, err := os.Lstat(filepath.Join(r.root, "opt/nvidia/current")); !os.IsNotExist(err) {
+			t.Errorf("current made on a host without a GPU: %v", err)
+		}
+	})
+
 	t.Run("with failure-policy fail a missing image fails the unit and never says READY", func(t *testing.T) {
 		n := listenNotify(t)
 		r := newRig(t, nil)

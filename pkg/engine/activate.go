@@ -243,6 +243,24 @@ func (a *Activator) Deactivate(ctx context.Context, h Host) (Activation, error) 
 	return out, err
 }
 
+// Undo takes back an activation that failed: Deactivate, then the host's
+// own modules that act's load brought in for the driver (drm,
+// drm_kms_helper, ...) are unloaded again when nothing else uses them, so
+// a failed activation leaves the host as it found it. The Activation
+// returned lists everything unloaded.
+func (a *Activator) Undo(ctx context.Context, h Host, act Activation) (Activation, error) {
+	out, err := a.Deactivate(ctx, h)
+	if err != nil {
+		return out, err
+	}
+	err = a.step("prerequisites", func() error {
+		unloaded, err := kmod.UnloadLoadedFor(a.Syscalls, h, act.Modules)
+		out.Unloaded = append(out.Unloaded, unloaded...)
+		return err
+	})
+	return out, err
+}
+
 // writeCDI is the "cdi" step of Activate: it writes the CDI spec for tree,
 // or removes a stale one when the host has no GPU node to offer.
 func (a *Activator) writeCDI(h Host, tree string, out *Activation) error {

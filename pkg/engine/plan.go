@@ -22,6 +22,10 @@ const (
 	ActionInstall Action = "install" // nothing installed matches: fetch an image
 	ActionSwitch  Action = "switch"  // another installed tree matches: point current at it
 	ActionRefuse  Action = "refuse"  // nothing safe can be done; Reason says why
+	// ActionNoGPU: require-gpu is set and the host has no NVIDIA GPU, so
+	// there is nothing to load. Not a failure: a node without a GPU in a
+	// mixed pool must not keep kubelet down.
+	ActionNoGPU Action = "no-gpu"
 )
 
 // Decision is the outcome of Plan.
@@ -67,7 +71,7 @@ func Plan(f Facts, cfg config.Config, st store.State) Decision {
 
 func plan(f Facts, cfg config.Config, st store.State) Decision {
 	if cfg.RequireGPU && len(f.GPUs) == 0 {
-		return refuse("no NVIDIA GPU on the PCI bus (vendor 0x10de, display class); set require-gpu: false to install anyway")
+		return Decision{Action: ActionNoGPU, Reason: "no NVIDIA GPU on the PCI bus (vendor 0x10de, display class): nothing to load (require-gpu: false installs anyway)"}
 	}
 	driver, err := f.WantedDriver(cfg)
 	if err != nil {

@@ -120,7 +120,7 @@ func TestPlan(t *testing.T) {
 			facts: func() Facts { f := withTrees(host(), wrongFlags.Path, wrongFlags); f.Kernel.Flags = nil; return f }(), cfg: cfg(),
 			action: ActionLoad},
 		{name: "no NVIDIA GPU present: refuse",
-			facts: noGPU, cfg: cfg(), action: ActionRefuse, reason: []string{"no NVIDIA GPU"}},
+			facts: noGPU, cfg: cfg(), action: ActionNoGPU, reason: []string{"no NVIDIA GPU", "nothing to load"}},
 		{name: "no NVIDIA GPU but not required: install",
 			facts: noGPU, cfg: noGPUAllowed, action: ActionInstall},
 		{name: "no driver version set and nothing installed: refuse",

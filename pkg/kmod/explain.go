@@ -3,6 +3,9 @@ package kmod
 import (
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -11,19 +14,56 @@ import (
 // into an error naming the module and path, saying what the kernel's
 // errno means here, and wrapping err (and ErrUnsigned for a signature
 // refusal).
-func (p *planner) explain(n *node, flags int, err error) error {
+//
+// said is what the kernel logged for the module while it was loading
+// (kernelSaid); it is quoted after the meaning.
+func (p *planner) explain(n *node, flags int, err error, said string) error {
 	name, path := n.step.Name, n.step.Path
 	var errno unix.Errno
 	errors.As(err, &errno)
 	switch {
 	case errno == unix.EKEYREJECTED:
-		return fmt.Errorf("load module %s: %s: %w, or signed with a key the kernel does not trust: %w", name, path, ErrUnsigned, err)
+		return fmt.Errorf("load module %s: %s: %w, or signed with a key the kernel does not trust%s: %w", name, path, ErrUnsigned, said, err)
 	case errno == unix.EPERM && p.enforced:
-		return fmt.Errorf("load module %s: %s: %w (%s): %w", name, path, ErrUnsigned, p.why, err)
+		return fmt.Errorf("load module %s: %s: %w (%s)%s: %w", name, path, ErrUnsigned, p.why, said, err)
 	case flags&compressedFile != 0 && (errno == unix.EOPNOTSUPP || errno == unix.EINVAL):
-		return fmt.Errorf("load module %s: %s: the kernel cannot load compressed modules (needs Linux 5.17+ with CONFIG_MODULE_DECOMPRESS): %w", name, path, err)
+		return fmt.Errorf("load module %s: %s: the kernel cannot load compressed modules (needs Linux 5.17+ with CONFIG_MODULE_DECOMPRESS)%s: %w", name, path, said, err)
 	}
-	return fmt.Errorf("load module %s: %s: %s: %w", name, path, p.meaning(n, errno), err)
+	return fmt.Errorf("load module %s: %s: %s%s: %w", name, path, p.meaning(n, errno), said, err)
+}
+
+// kernelSaidMax is how many kernel log lines a load error quotes.
+const kernelSaidMax = 6
+
+// kernelSaid quotes what the kernel logged about module name since start
+// (its own "name: ..." lines and NVIDIA's "NVRM: ..." lines), as
+// `; the kernel said: "...", "..."`, or "" when it said nothing or its
+// log cannot be read. Taint notices say nothing about a failure and are
+// left out.
+func (p *planner) kernelSaid(name string, start time.Duration) string {
+	if p.req.Host == nil {
+		return ""
+	}
+	// The log's clock and CLOCK_MONOTONIC can differ by a little.
+	msgs, err := p.req.Host.KernelLog(start-250*time.Millisecond, func(text string) bool {
+		if strings.Contains(text, "taints kernel") {
+			return false
+		}
+		return strings.Contains(text, "NVRM:") || strings.HasPrefix(text, name+": ") ||
+			strings.HasPrefix(text, strings.ReplaceAll(name, "_", "-")+": ")
+	}, kernelSaidMax)
+	if err != nil || len(msgs) == 0 {
+		return ""
+	}
+	quoted := make([]string, len(msgs))
+	for i, m := range msgs {
+		t := strings.TrimSpace(m.Text)
+		if len(t) > 200 {
+			t = t[:200] + "..."
+		}
+		quoted[i] = strconv.Quote(t)
+	}
+	return "; the kernel said: " + strings.Join(quoted, ", ")
 }
 
 // meaning says what errno from finit_module means for node n.

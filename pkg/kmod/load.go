@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostinfo"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 	"golang.org/x/sys/unix"
 )
@@ -58,13 +59,14 @@ func (p *planner) load(k Syscalls, n *node) (Step, error) {
 	if err != nil {
 		return Step{}, err
 	}
+	start := hostinfo.Monotonic()
 	err = k.FinitModule(f, step.Params, flags)
 	switch {
 	case errors.Is(err, unix.EEXIST):
 		step.Skipped = "already loaded"
 		return step, nil
 	case err != nil:
-		return Step{}, p.explain(n, flags, err)
+		return Step{}, p.explain(n, flags, err, p.kernelSaid(step.Name, start))
 	}
 	return step, nil
 }

@@ -1,6 +1,8 @@
 package kmod
 
 import (
+	"time"
+
 	"fmt"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
@@ -25,6 +27,9 @@ type Host interface {
 	CharDeviceMajor(name string) (uint32, error)
 	// FS is the host tree device nodes are created in.
 	FS() *hostfs.Root
+	// KernelLog reads the kernel log's records since a time (what a
+	// failed finit_module made the module say).
+	KernelLog(since time.Duration, keep func(string) bool, max int) ([]hostinfo.KernelMessage, error)
 }
 
 var _ Host = (*hostinfo.Host)(nil)

@@ -190,3 +190,39 @@ func unloadOrder(set map[string]loadedModule) ([]string, error) {
 	}
 	return order, nil
 }
+
+// UnloadLoadedFor undoes the in-tree part of a Load that failed or whose
+// activation is being undone: each host module that Load loaded (a step
+// with InTree set and nothing Skipped) is removed again, in reverse load
+// order, when nothing uses it now (refcnt 0, no holders). One that is in
+// use (something else took it meanwhile) or gone stays as it is, untold.
+// Modules that were there before Load, or built in, are never touched. It
+// returns the modules removed, and the first error other than "in use".
+func UnloadLoadedFor(k Syscalls, host Host, steps []Step) ([]string, error) {
+	var done []string
+	for i := len(steps) - 1; i >= 0; i-- {
+		s := steps[i]
+		if !s.InTree || s.Skipped != "" {
+			continue
+		}
+		sys, err := readSysModule(host, s.Name)
+		if err != nil {
+			return done, fmt.Errorf("unload module %s: %w", s.Name, err)
+		}
+		if !sys.present || sys.builtIn() || !sys.live() || len(sys.holders) > 0 {
+			continue
+		}
+		if n, err := refcntOf(s.Name, sys); err != nil || n > 0 {
+			continue
+		}
+		err = k.DeleteModule(s.Name, unix.O_NONBLOCK)
+		switch {
+		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EBUSY):
+			continue
+		case err != nil:
+			return done, fmt.Errorf("unload module %s: %w", s.Name, err)
+		}
+		done = append(done, s.Name)
+	}
+	return done, nil
+}

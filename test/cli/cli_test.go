@@ -201,13 +201,13 @@ func TestStatus(t *testing.T) {
 		}
 	})
 
-	t.Run("a generic host without a GPU is refused, or keyed by kernel when allowed", func(t *testing.T) {
+	t.Run("a generic host without a GPU has nothing to do, or is keyed by kernel when allowed", func(t *testing.T) {
 		root := host(t, "debian-generic")
 		s := statusJSON(t, root)
 		if s.OS.Family != "generic" || s.Kernel.Vermagic != "6.1.0-56-amd64 SMP preempt mod_unload modversions" {
 			t.Errorf("os %+v kernel %+v", s.OS, s.Kernel)
 		}
-		if s.Plan.Action != "refuse" || !strings.Contains(s.Plan.Reason, "no NVIDIA GPU") {
+		if s.Plan.Action != "no-gpu" || !strings.Contains(s.Plan.Reason, "no NVIDIA GPU") || !strings.Contains(s.Plan.Reason, "nothing to load") {
 			t.Errorf("plan %+v", s.Plan)
 		}
 		s = statusJSON(t, root, "--require-gpu=false")

@@ -12,18 +12,40 @@
 #                     (its modprobe.d sets the stub's e2e_fail_init=1)
 . "$(dirname "$0")/lib.sh"
 [ $# = 2 ] || die "usage: build-driver.sh RELEASE OUT"
+need_root "$@"
 release=$1 out=$2
-need "linux-headers-$release" gcc make
-k=$(key "$release" "$E2E_DIR"/stubko/* v1)
+# Everything is compiled in a chroot of the guest's own rootfs, with its
+# headers for exactly this kernel and its compiler: the host's
+# distribution, /usr/src and /lib/modules play no part (check-hermetic.sh).
+root=$("$E2E_DIR/build-root.sh")
+[ -d "$root/usr/src/linux-headers-$release" ] ||
+	die "the guest rootfs has no headers for $release (it has: $(ls "$root/usr/src" | tr '\n' ' '))"
+k=$(key "$release" "$E2E_DIR"/stubko/* "from ${root##*/}" v2)
 ko=$CACHE/stubko-$k
+[ -z "${E2E_STUBKO:-}" ] || ko=$E2E_STUBKO # check-hermetic.sh: a fresh build
 if [ ! -s "$ko/nvidia.ko" ]; then
-	log "building stub modules for $release"
-	rm -rf "$ko.tmp"
-	cp -r "$E2E_DIR/stubko" "$ko.tmp"
-	make -s -C "/usr/src/linux-headers-$release" M="$ko.tmp" modules >&2 2> >(grep -v 'Skipping BTF' >&2)
+	log "building stub modules for $release in the guest rootfs"
+	work=$root/tmp/stubko.$$
+	rm -rf "$work"
+	cp -r "$E2E_DIR/stubko" "$work"
+	in_root "$root" make -s -C "/usr/src/linux-headers-$release" M="/tmp/stubko.$$" modules >"$CACHE/stubko.log" 2>&1 ||
+		die "building the stub modules failed: the end of $CACHE/stubko.log: $(tail -n 5 "$CACHE/stubko.log")"
 	rm -rf "$ko"
-	mv "$ko.tmp" "$ko"
+	mkdir -p "$ko"
+	cp "$work"/*.ko "$ko/"
+	rm -rf "$work"
 fi
+
+# stub_lib SONAME VERSION OUT: a shared library with that SONAME, built by
+# the guest rootfs's gcc.
+stub_lib() {
+	local tmp=/tmp/stublib.$$
+	mkdir -p "$root$tmp"
+	echo "const char nvidia_e2e_stub[] = \"$2\";" >"$root$tmp/stub.c"
+	in_root "$root" gcc -shared -fPIC -nostdlib -Wl,-soname,"$1" -o "$tmp/lib.so" "$tmp/stub.c"
+	install -m 0755 "$root$tmp/lib.so" "$3"
+	rm -rf "${root:?}$tmp"
+}
 
 tree() { # tree DIR KO_DIR [DRIVER_VERSION]
 	local t=$1 m lib DRIVER_VERSION=${3:-$DRIVER_VERSION}
@@ -33,8 +55,7 @@ tree() { # tree DIR KO_DIR [DRIVER_VERSION]
 		install -m 0644 "$2/$m.ko" "$t/lib/modules/$release/video/$m.ko"
 	done
 	for lib in libcuda.so libnvidia-ml.so; do
-		echo "const char nvidia_e2e_stub[] = \"$DRIVER_VERSION\";" |
-			gcc -shared -fPIC -nostdlib -Wl,-soname,$lib.1 -o "$t/lib64/$lib.$DRIVER_VERSION" -x c -
+		stub_lib "$lib.1" "$DRIVER_VERSION" "$t/lib64/$lib.$DRIVER_VERSION"
 		ln -s "$lib.$DRIVER_VERSION" "$t/lib64/$lib.1"
 	done
 	printf '#!/bin/sh\necho "NVIDIA-SMI stub  Driver Version: $(cat /sys/module/nvidia/version)"\n' >"$t/bin/nvidia-smi"

@@ -10,6 +10,7 @@
 # the kubelet stand-in enabled; e2e-setup.service and e2e.service, which
 # run the scenario's checks and power the VM off.
 . "$(dirname "$0")/lib.sh"
+need_root "$@"
 need e2fsprogs
 rootfs=$("$E2E_DIR/build-rootfs.sh")
 bin=$(build_binary)
@@ -59,8 +60,9 @@ cp "$stage/boot/vmlinuz-$release_rt" "$out.tmp/vmlinuz-rt"
 cp "$stage/boot/initrd.img-$release_rt" "$out.tmp/initrd-rt.img"
 echo "$release_rt" >"$out.tmp/release-rt"
 cp "$stage/usr/lib/os-release" "$out.tmp/os-release"
-mke2fs -q -t ext4 -L root -d "$stage" "$out.tmp/disk.img" 2G >&2
+mke2fs -q -t ext4 -L root -d "$stage" "$out.tmp/disk.img" 3G >&2
 rm -rf "$out"
 mv "$out.tmp" "$out"
+prune "$out" "$CACHE"/image-*
 log "guest image built in $(( $(date +%s) - t0 )) s (kernels $release, $release_rt)"
 echo "$out"

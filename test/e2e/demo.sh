@@ -6,7 +6,12 @@
 # as the guest saw them. The first run builds the VM image (a few minutes,
 # cached); later runs take about a minute and a half.
 . "$(dirname "$0")/lib.sh"
+need_root "$@"
 need python3
+# The builds' and boots' own output (mmdebstrap, Kbuild, every check's
+# line) goes to a log file; the terminal gets a line per step.
+export E2E_LOG=$CACHE/demo.log
+: >"$E2E_LOG"
 
 bold= plain=
 if [ -t 1 ]; then bold=$(tput bold 2>/dev/null || true) plain=$(tput sgr0 2>/dev/null || true); fi
@@ -78,8 +83,8 @@ show() { # show SCENARIO TITLE TEXT
 say "nvidia-driverd demo: a Debian 12 VM (qemu, software emulation) with real systemd, a real"
 say "kernel and finit_module, stub NVIDIA modules built for its two kernels, and a registry"
 say "on the guest's loopback. The VM has no GPU: 'status' says 'GPUs none found' beside the"
-say "loaded stub driver (the demo runs with require-gpu: false). Building and booting"
-say "(progress on stderr)..."
+say "loaded stub driver (the demo runs with require-gpu: false). Building and booting,"
+say "a line per step (the builds' own output: $E2E_LOG)..."
 rc=0
 summary=$("$E2E_DIR/run-e2e.sh" first-boot reboot osupdate) || rc=$?
 kernel_of() { sed -n 's/^Kernel *\([^ ]*\).*/\1/p' "$CACHE/run/share-$1/status.txt" 2>/dev/null; }

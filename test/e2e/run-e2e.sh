@@ -39,6 +39,7 @@
 # E2E_DEBUG_JOBS=SECONDS (`systemctl list-jobs` that long after boot, in the
 # share's jobs.txt), E2E_HOLD=SECONDS (the guest waits before its checks).
 . "$(dirname "$0")/lib.sh"
+need_root "$@"
 need qemu-system-x86 perl bc python3
 ORDER="first-boot reboot rollback osupdate keep-previous noimage badmagic powercut prefetch kernel-prefetch"
 want=" "
@@ -155,6 +156,7 @@ boot() {
 	log "$name: boot ${kernel:-standard} kernel took ${boot_s} s (qemu exit $rc); results in $s"
 	if [ -f "$s/result.txt" ]; then
 		sed 's/^/    /' "$s/result.txt" >&2
+		log "$name: $(grep -c '^ok' "$s/result.txt") checks passed, $(grep -c '^not ok' "$s/result.txt") failed"
 	else
 		log "$name: no result.txt; console tail:"
 		tail -20 "$s/console.log" | sed 's/^/    /' >&2
