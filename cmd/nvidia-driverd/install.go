@@ -213,6 +213,45 @@ func newGCCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
+func newForgetCommand(g *globals) *cobra.Command {
+	var wait, all bool
+	cmd := &cobra.Command{
+		Use:   "forget DIGEST... | --all",
+		Short: "Let images recorded as failed be tried again",
+		Long: `An image whose tree failed to activate is recorded in the store's state.json
+and never tried again. When the cause was on the host (Secure Boot keys, a
+GPU missing or reseated) and is fixed, forget it: the next start or
+'systemctl reload nvidia-driverd' tries it again. 'status' lists what is
+recorded, with why.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 0) {
+				return usageError{errors.New("forget: give the image digests to forget, or --all")}
+			}
+			d, err := g.daemon(nopNotifier{})
+			if err != nil {
+				return err
+			}
+			return g.lockedExisting(d, wait, func(_ context.Context, s *store.Store, _ daemon.Host) error {
+				gone, err := s.Forget(args)
+				if err != nil {
+					return err
+				}
+				for _, dg := range gone {
+					g.log.Info("failed image forgotten: "+dg, zap.String("digest", dg))
+					fmt.Fprintf(g.stdout, "forgot %s: it will be tried again\n", dg)
+				}
+				if len(gone) == 0 {
+					fmt.Fprintln(g.stdout, "no image is recorded as failed")
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "forget every image recorded as failed")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait for another nvidia-driverd holding the store")
+	return cmd
+}
+
 func newRollbackCommand(g *globals) *cobra.Command {
 	var wait bool
 	cmd := &cobra.Command{

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -171,6 +172,16 @@ func writeStatus(w io.Writer, r engine.Report) error {
 		line("Prefetch", "%s", p.Summary)
 		if p.Tree != "" {
 			line("", "into %s", p.Tree)
+		}
+	}
+	for i, f := range r.Failed {
+		label := ""
+		if i == 0 {
+			label = "Failed"
+		}
+		line(label, "%s at %s: %s", f.Digest, f.At.Format(time.RFC3339), f.Reason)
+		if i == len(r.Failed)-1 {
+			line("", "not tried again; 'nvidia-driverd forget DIGEST' once the cause is fixed")
 		}
 	}
 	line("Plan", "%s: %s", r.Plan.Action, r.Plan.Reason)

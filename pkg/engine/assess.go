@@ -3,6 +3,8 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -45,6 +47,10 @@ func Assess(h Host, cfg config.Config) (Assessment, error) {
 func (a Assessment) Report(cfg config.Config) Report {
 	r := NewReport(a.Facts, cfg, a.Decision)
 	r.Prefetch = NewPrefetchReport(a.State.Prefetch, a.Facts)
+	for _, d := range slices.Sorted(maps.Keys(a.State.BadDigests)) {
+		b := a.State.BadDigests[d]
+		r.Failed = append(r.Failed, FailedReport{Digest: d, Reason: b.Reason, At: b.At})
+	}
 	if a.State.Corrupt != "" {
 		r.Problems = append(r.Problems, "the state file is corrupt and read as empty ("+a.State.Corrupt+"); the next install or run sets it aside")
 	}

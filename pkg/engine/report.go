@@ -25,6 +25,16 @@ type Report struct {
 	// Prefetch is the latest prefetch for a staged OS update or a new
 	// kernel (see NewPrefetchReport), nil when there was none.
 	Prefetch *PrefetchReport `json:"prefetch,omitempty"`
+	// Failed are the images recorded as failed to activate, never tried
+	// again until `forget` removes them; sorted by digest.
+	Failed []FailedReport `json:"failed_images,omitempty"`
+}
+
+// FailedReport is one image recorded as failed.
+type FailedReport struct {
+	Digest string    `json:"digest"`
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
 }
 
 // OSReport identifies the operating system.

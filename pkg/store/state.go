@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/hostfs"
@@ -118,6 +121,43 @@ func (s *Store) MarkBad(digest, reason string) error {
 			st.BadDigests = map[string]BadDigest{}
 		}
 		st.BadDigests[digest] = BadDigest{Reason: reason, At: time.Now().UTC()}
+	})
+}
+
+// Forget removes the failed-image records of digests (every record when
+// digests is empty), so that those images may be tried again. It returns
+// the digests removed, sorted, and leaves the file untouched when none
+// was recorded. A digest given that is not recorded is an error naming
+// it and what is recorded; nothing is removed then. Call with the lock
+// held.
+func (s *Store) Forget(digests []string) ([]string, error) {
+	st, err := s.State()
+	if err != nil {
+		return nil, err
+	}
+	var gone []string
+	if len(digests) == 0 {
+		gone = slices.Sorted(maps.Keys(st.BadDigests))
+	}
+	for _, d := range digests {
+		if _, ok := st.BadDigests[d]; !ok {
+			known := slices.Sorted(maps.Keys(st.BadDigests))
+			if len(known) == 0 {
+				return nil, fmt.Errorf("%s: no image is recorded as failed in %s", d, filepath.Join(s.dir, StateFile))
+			}
+			return nil, fmt.Errorf("%s: not recorded as failed in %s (recorded: %s)", d, filepath.Join(s.dir, StateFile), strings.Join(known, ", "))
+		}
+		gone = append(gone, d)
+	}
+	slices.Sort(gone)
+	gone = slices.Compact(gone)
+	if len(gone) == 0 {
+		return nil, nil
+	}
+	return gone, s.updateState(func(st *State) {
+		for _, d := range gone {
+			delete(st.BadDigests, d)
+		}
 	})
 }
 

@@ -63,3 +63,52 @@ func TestPrefetchState(t *testing.T) {
 		}
 	})
 }
+
+func TestForget(t *testing.T) {
+	t.Parallel()
+	open := func(t *testing.T) *Store {
+		s, err := Open(hostfixture.FS(t, t.TempDir()), "/opt/nvidia")
+		must(t, err)
+		return s
+	}
+	t.Run("named digests are forgotten, the others and the prefetch kept", func(t *testing.T) {
+		s := open(t)
+		must(t, s.MarkBad("sha256:a", "ENODEV"))
+		must(t, s.MarkBad("sha256:b", "ENOEXEC"))
+		must(t, s.SetPrefetch(Prefetch{Driver: "550.54.14", State: PrefetchReady}))
+		gone, err := s.Forget([]string{"sha256:a", "sha256:a"})
+		if err != nil || strings.Join(gone, " ") != "sha256:a" {
+			t.Fatalf("%q, %v", gone, err)
+		}
+		st, err := s.State()
+		if err != nil || len(st.BadDigests) != 1 || st.Reasons()["sha256:b"] != "ENOEXEC" || st.Prefetch == nil {
+			t.Fatalf("%+v, %v", st, err)
+		}
+	})
+	t.Run("no digest forgets them all; nothing recorded is not an error", func(t *testing.T) {
+		s := open(t)
+		if gone, err := s.Forget(nil); gone != nil || err != nil {
+			t.Fatalf("%q, %v", gone, err)
+		}
+		must(t, s.MarkBad("sha256:b", "x"))
+		must(t, s.MarkBad("sha256:a", "y"))
+		gone, err := s.Forget(nil)
+		if err != nil || strings.Join(gone, " ") != "sha256:a sha256:b" {
+			t.Fatalf("%q, %v", gone, err)
+		}
+		if st, _ := s.State(); len(st.BadDigests) != 0 {
+			t.Fatalf("%+v", st)
+		}
+	})
+	t.Run("a digest that is not recorded is an error naming what is, and nothing goes", func(t *testing.T) {
+		s := open(t)
+		must(t, s.MarkBad("sha256:a", "x"))
+		_, err := s.Forget([]string{"sha256:a", "sha256:zz"})
+		if err == nil || !strings.Contains(err.Error(), "sha256:zz: not recorded as failed in /opt/nvidia/state.json (recorded: sha256:a)") {
+			t.Fatalf("%v", err)
+		}
+		if st, _ := s.State(); len(st.BadDigests) != 1 {
+			t.Fatalf("%+v", st)
+		}
+	})
+}

@@ -95,6 +95,9 @@ type status struct {
 		Action, Reason, Tree, Image string
 		Cleanup                     []string
 	} `json:"plan"`
+	Failed []struct {
+		Digest, Reason string
+	} `json:"failed_images"`
 }
 
 type tree struct {

@@ -16,7 +16,41 @@ func TestPapercuts(t *testing.T) {
 			t.Errorf("stdout %q", r.stdout)
 		}
 	})
-	for _, cmd := range [][]string{{"gc"}, {"rollback"}, {"activate"}, {"deactivate"}} {
+	t.Run("an image recorded as failed is shown by status and can be forgotten", func(t *testing.T) {
+		root := host(t, "flatcar-ready")
+		state := `{"bad_digests": {"sha256:0123abcd": {"reason": "load module nvidia: no NVIDIA GPU the module can drive", "at": "2026-12-01T10:00:00Z"}}}`
+		if err := os.WriteFile(filepath.Join(root, "opt/nvidia/state.json"), []byte(state), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		st := run(t, nil, "--root", root, "status")
+		if !strings.Contains(st.stdout, "sha256:0123abcd at 2026-12-01T10:00:00Z: load module nvidia") || !strings.Contains(st.stdout, "nvidia-driverd forget DIGEST") {
+			t.Errorf("status:\n%s", st.stdout)
+		}
+		if s := statusJSON(t, root); len(s.Failed) != 1 || s.Failed[0].Digest != "sha256:0123abcd" {
+			t.Errorf("status --json failed_images %+v", s.Failed)
+		}
+		bad := run(t, nil, "--root", root, "forget", "sha256:ffff")
+		if bad.code != 1 || !strings.Contains(bad.stderr, "sha256:ffff: not recorded as failed") || !strings.Contains(bad.stderr, "recorded: sha256:0123abcd") {
+			t.Errorf("forget of an unknown digest: exit %d %s", bad.code, bad.stderr)
+		}
+		if u := run(t, nil, "--root", root, "forget"); u.code != 2 {
+			t.Errorf("forget without digests or --all: exit %d", u.code)
+		}
+		r := run(t, nil, "--root", root, "forget", "sha256:0123abcd")
+		must(t, r, 0)
+		if !strings.Contains(r.stdout, "forgot sha256:0123abcd") {
+			t.Errorf("stdout %q", r.stdout)
+		}
+		if s := statusJSON(t, root); len(s.Failed) != 0 {
+			t.Errorf("still recorded: %+v", s.Failed)
+		}
+		r = run(t, nil, "--root", root, "forget", "--all")
+		must(t, r, 0)
+		if !strings.Contains(r.stdout, "no image is recorded as failed") {
+			t.Errorf("stdout %q", r.stdout)
+		}
+	})
+	for _, cmd := range [][]string{{"gc"}, {"rollback"}, {"activate"}, {"deactivate"}, {"forget", "--all"}} {
 		t.Run(cmd[0]+" on a host with nothing installed leaves no store behind", func(t *testing.T) {
 			root := host(t, "flatcar-ready")
 			if err := os.RemoveAll(filepath.Join(root, "opt/nvidia")); err != nil {
