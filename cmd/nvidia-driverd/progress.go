@@ -74,12 +74,16 @@ func (p *progress) finish() {
 
 // perSecond writes a rate of bytes per second with three significant
 // digits in the largest unit it reaches: "812 KiB/s", "45.2 MiB/s".
-func perSecond(b float64) string {
-	unit, size := "B/s", 1.0
+func perSecond(b float64) string { return sized(b, "/s") }
+
+// sized is b bytes in B, KiB, MiB or GiB with three significant digits,
+// the unit followed by suffix.
+func sized(b float64, suffix string) string {
+	unit, size := "B", 1.0
 	for _, u := range []struct {
 		name string
 		size float64
-	}{{"GiB/s", 1 << 30}, {"MiB/s", 1 << 20}, {"KiB/s", 1 << 10}} {
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
 		if b >= u.size {
 			unit, size = u.name, u.size
 			break
@@ -88,9 +92,9 @@ func perSecond(b float64) string {
 	v := b / size
 	switch {
 	case v >= 100:
-		return fmt.Sprintf("%.0f %s", v, unit)
+		return fmt.Sprintf("%.0f %s%s", v, unit, suffix)
 	case v >= 10:
-		return fmt.Sprintf("%.1f %s", v, unit)
+		return fmt.Sprintf("%.1f %s%s", v, unit, suffix)
 	}
-	return fmt.Sprintf("%.2f %s", v, unit)
+	return fmt.Sprintf("%.2f %s%s", v, unit, suffix)
 }

@@ -195,11 +195,16 @@ func writeStatus(w io.Writer, r engine.Report) error {
 }
 
 func treeLine(t engine.TreeReport) string {
-	if t.MatchesKernel {
-		return fmt.Sprintf("%s  matches the running kernel", t.Path)
+	size := ""
+	if t.Files > 0 {
+		size = fmt.Sprintf(" (%d files, %s)", t.Files, sized(float64(t.Bytes), ""))
 	}
-	return fmt.Sprintf("%s  does not match: %s", t.Path, t.Problem)
+	if t.MatchesKernel {
+		return fmt.Sprintf("%s%s  matches the running kernel", t.Path, size)
+	}
+	return fmt.Sprintf("%s%s  does not match: %s", t.Path, size, t.Problem)
 }
+
 
 func writePlan(w io.Writer, d engine.Decision) error {
 	var b strings.Builder

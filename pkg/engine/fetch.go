@@ -112,7 +112,8 @@ func (f *Fetcher) fetch(ctx context.Context, t Target) (Fetched, error) {
 	if err != nil {
 		return out, err
 	}
-	out.Bytes, err = f.unpack(ctx, img, st, t.Subdir)
+	var stats unpack.Stats
+	out.Bytes, stats, err = f.unpack(ctx, img, st, t.Subdir)
 	if err != nil {
 		return out, errors.Join(err, st.Discard())
 	}
@@ -121,7 +122,8 @@ func (f *Fetcher) fetch(ctx context.Context, t Target) (Fetched, error) {
 		return out, errors.Join(err, st.Discard())
 	}
 	meta := store.Meta{Digest: out.Digest, Reference: img.Ref, Source: img.Source,
-		InstalledAt: time.Now().UTC(), KernelRelease: t.Kernel.Release, Vermagic: fit.Vermagic}
+		InstalledAt: time.Now().UTC(), KernelRelease: t.Kernel.Release, Vermagic: fit.Vermagic,
+		Files: stats.Files, Bytes: stats.Bytes}
 	if out.Tree, err = st.Commit(t.Driver, t.TreeName, meta); err != nil {
 		return out, err
 	}
@@ -158,10 +160,10 @@ func checkLabels(img *source.Image, t Target) error {
 
 // unpack streams the image's layers (only subdir of them, when set) into
 // the staging directory and returns the compressed bytes read.
-func (f *Fetcher) unpack(ctx context.Context, img *source.Image, st *store.Staging, subdir string) (int64, error) {
+func (f *Fetcher) unpack(ctx context.Context, img *source.Image, st *store.Staging, subdir string) (int64, unpack.Stats, error) {
 	root, err := st.Root()
 	if err != nil {
-		return 0, err
+		return 0, unpack.Stats{}, err
 	}
 	tree := unpack.NewSubtree(root, f.Limits, subdir)
 	var (
@@ -198,9 +200,9 @@ func (f *Fetcher) unpack(ctx context.Context, img *source.Image, st *store.Stagi
 	progress.Lock()
 	defer progress.Unlock()
 	if err != nil {
-		return done, fmt.Errorf("%s: %w", img.Ref, err)
+		return done, unpack.Stats{}, fmt.Errorf("%s: %w", img.Ref, err)
 	}
-	return done, nil
+	return done, tree.Stats(), nil
 }
 
 // layer downloads, verifies, decompresses and applies layer i.

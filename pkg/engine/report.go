@@ -72,6 +72,10 @@ type TreeReport struct {
 	MatchesKernel bool   `json:"matches_kernel"`
 	Problem       string `json:"problem,omitempty"`
 	Digest        string `json:"digest,omitempty"`
+	// Files and Bytes are the regular files the install unpacked and
+	// their size; 0 for a tree installed by other means.
+	Files int   `json:"files,omitempty"`
+	Bytes int64 `json:"bytes,omitempty"`
 }
 
 // LoadedReport describes a loaded module.
@@ -129,7 +133,7 @@ func treeReport(t store.Tree, k Kernel, modules []string) TreeReport {
 	tr := TreeReport{Path: t.Path, Driver: t.Driver, OSVersion: t.OSVersion,
 		Vermagic: fit.Vermagic, MatchesKernel: fit.Matches, Problem: fit.Problem}
 	if t.Meta != nil {
-		tr.Digest = t.Meta.Digest
+		tr.Digest, tr.Files, tr.Bytes = t.Meta.Digest, t.Meta.Files, t.Meta.Bytes
 	}
 	return tr
 }

@@ -34,6 +34,8 @@ type Meta struct {
 	InstalledAt   time.Time `json:"installed_at"`   //
 	KernelRelease string    `json:"kernel_release"` // kernel the modules were checked against
 	Vermagic      string    `json:"vermagic"`       // vermagic they showed
+	Files         int       `json:"files,omitempty"` // regular files unpacked
+	Bytes         int64     `json:"bytes,omitempty"` // their bytes
 }
 
 // Module is one kernel module file of a tree.

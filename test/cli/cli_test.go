@@ -107,6 +107,8 @@ type tree struct {
 	Vermagic      string
 	MatchesKernel bool `json:"matches_kernel"`
 	Problem       string
+	Files         int
+	Bytes         int64
 }
 
 func statusJSON(t *testing.T, root string, args ...string) status {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"net/http/httptest"
@@ -84,6 +85,23 @@ func TestInstallFromOCILayout(t *testing.T) {
 		}
 		if b, _ := os.ReadFile(filepath.Join(root, "opt/nvidia/current/lib64/libcuda.so.1")); len(b) != 40000 {
 			t.Fatalf("libcuda.so.1 through current: %d bytes", len(b))
+		}
+		// The tree's size and file count are what the install unpacked.
+		var files int
+		var bytes int64
+		filepath.WalkDir(filepath.Join(root, "opt/nvidia/550.54.14/3815.2.0"), func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() && d.Name() != ".nvidia-driverd.json" {
+				fi, _ := d.Info()
+				files++
+				bytes += fi.Size()
+			}
+			return nil
+		})
+		if s.Current.Files != files || s.Current.Bytes != bytes || files == 0 {
+			t.Errorf("status says %d files, %d bytes; the tree has %d, %d", s.Current.Files, s.Current.Bytes, files, bytes)
+		}
+		if h := run(t, nil, "--root", root, "status"); !strings.Contains(h.stdout, fmt.Sprintf("/opt/nvidia/550.54.14/3815.2.0 (%d files, ", files)) {
+			t.Errorf("status:\n%s", h.stdout)
 		}
 	})
 
