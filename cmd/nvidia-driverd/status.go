@@ -205,7 +205,6 @@ func treeLine(t engine.TreeReport) string {
 	return fmt.Sprintf("%s%s  does not match: %s", t.Path, size, t.Problem)
 }
 
-
 func writePlan(w io.Writer, d engine.Decision) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %s\n", d.Action, d.Reason)

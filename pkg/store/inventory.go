@@ -28,12 +28,12 @@ const (
 
 // Meta is the record written beside a tree when it was installed.
 type Meta struct {
-	Digest        string    `json:"digest"`         // image manifest digest
-	Reference     string    `json:"reference"`      // what was pulled
-	Source        string    `json:"source"`         // registry or oci-layout path
-	InstalledAt   time.Time `json:"installed_at"`   //
-	KernelRelease string    `json:"kernel_release"` // kernel the modules were checked against
-	Vermagic      string    `json:"vermagic"`       // vermagic they showed
+	Digest        string    `json:"digest"`          // image manifest digest
+	Reference     string    `json:"reference"`       // what was pulled
+	Source        string    `json:"source"`          // registry or oci-layout path
+	InstalledAt   time.Time `json:"installed_at"`    //
+	KernelRelease string    `json:"kernel_release"`  // kernel the modules were checked against
+	Vermagic      string    `json:"vermagic"`        // vermagic they showed
 	Files         int       `json:"files,omitempty"` // regular files unpacked
 	Bytes         int64     `json:"bytes,omitempty"` // their bytes
 }
