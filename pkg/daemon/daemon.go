@@ -529,7 +529,11 @@ func (d *Daemon) Activate(ctx context.Context, a engine.Assessment, tree string)
 		}
 	}
 	d.Metrics.ObserveActivation(time.Since(start))
-	log.Info(fmt.Sprintf("driver activated: %s from %s on kernel %s, loaded %s", driverOf(tree), tree, a.Facts.Kernel.Release, orNone(loaded)),
+	msg := fmt.Sprintf("driver activated: %s from %s on kernel %s, loaded %s", driverOf(tree), tree, a.Facts.Kernel.Release, orNone(loaded))
+	if act.PersistencedSkipped != "" {
+		msg += "; " + d.Config.Persistenced + " not started: " + act.PersistencedSkipped
+	}
+	log.Info(msg,
 		systemd.MessageID(systemd.MessageDriverActivated),
 		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted),
 		zap.String("firmware", act.Firmware.Written), zap.String("firmware_skipped", act.Firmware.Skipped),

@@ -276,6 +276,25 @@ func TestRun(t *testing.T) {
 		}
 	})
 
+	t.Run("with no modules configured the user space is activated and persistenced is not started", func(t *testing.T) {
+		listenNotify(t)
+		r := newRig(t, func(c *config.Config) { c.Modules = []string{} })
+		r.publish(t, driver, kernel)
+		out, err := r.d.Reconcile(context.Background())
+		if err != nil || out.Tree != newTree {
+			t.Fatalf("%+v, %v", out, err)
+		}
+		if got := r.kernel.Loaded(); len(got) != 0 {
+			t.Errorf("loaded %q", got)
+		}
+		if len(r.units.started) != 0 {
+			t.Errorf("started %q without a driver", r.units.started)
+		}
+		if b, err := os.ReadFile(filepath.Join(r.root, "etc/ld.so.conf.d/nvidia-driverd.conf")); err != nil || !strings.Contains(string(b), newTree+"/lib64") {
+			t.Errorf("drop-in %q %v", b, err)
+		}
+	})
+
 	t.Run("with failure-policy fail a missing image fails the unit and never says READY", func(t *testing.T) {
 		n := listenNotify(t)
 		r := newRig(t, nil)

@@ -64,6 +64,9 @@ type Activation struct {
 	// CDIErr is why the CDI spec could not be written; the driver is
 	// usable anyway.
 	CDIErr error
+	// PersistencedSkipped says why persistenced was not started, "" when
+	// it was (or none is configured).
+	PersistencedSkipped string
 }
 
 // ErrRebootNeeded is wrapped when another driver version is loaded and in
@@ -170,6 +173,12 @@ func (a *Activator) Activate(ctx context.Context, h Host, f Facts, tree string) 
 		out.CDIErr = a.step("cdi", func() error { return a.writeCDI(h, tree, &out) })
 	}
 	if cfg.Persistenced != "" && a.Units != nil {
+		// persistenced needs the driver: with no nvidia module live (the
+		// configuration loads none) it would only fail.
+		if m, ok, lerr := h.LoadedModule("nvidia"); lerr != nil || !ok || m.InitState != "live" {
+			out.PersistencedSkipped = "the nvidia module is not loaded"
+			return out, nil
+		}
 		err = a.step("persistenced", func() error {
 			if err := a.Units.Start(ctx, cfg.Persistenced); err != nil {
 				return fmt.Errorf("start %s: %w", cfg.Persistenced, err)
