@@ -3,10 +3,16 @@
 # (docs/image-format.md) from an extracted NVIDIA installer package and
 # the kernel modules built from it.
 #
-#   assemble-tree.sh --extract DIR --modules DIR --driver D --kernel-release R \
-#                    --out DIR [--modprobe-conf FILE]
+#   assemble-tree.sh (--extract DIR | --sysroot DIR) --modules DIR --driver D \
+#                    --kernel-release R --out DIR [--modprobe-conf FILE]
 #
 #   --extract DIR        the package extracted with `NVIDIA-Linux-*.run --extract-only`
+#   --sysroot DIR        or a distribution's packages of driver D unpacked
+#                        into DIR (dpkg-deb -x of Debian's libcuda1,
+#                        nvidia-smi, firmware-nvidia-gsp, ...): libraries
+#                        anywhere under usr/lib*, binaries in usr/bin or
+#                        usr/sbin (symlinks followed inside DIR), firmware
+#                        in lib/firmware/nvidia/D or usr/lib/firmware/nvidia/D
 #   --modules DIR        the built nvidia*.ko (the installer's --kernel-install-path)
 #   --driver D           driver version, e.g. 550.127.05
 #   --kernel-release R   kernel the modules are for, e.g. 6.6.71-flatcar
@@ -37,10 +43,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-extract='' modules='' driver='' kernel='' out='' modprobe_conf=''
+extract='' sysroot='' modules='' driver='' kernel='' out='' modprobe_conf=''
 while (($#)); do
 	case $1 in
 	--extract) extract=${2:?}; shift 2 ;;
+	--sysroot) sysroot=${2:?}; shift 2 ;;
 	--modules) modules=${2:?}; shift 2 ;;
 	--driver) driver=${2:?}; shift 2 ;;
 	--kernel-release) kernel=${2:?}; shift 2 ;;
@@ -53,10 +60,20 @@ while (($#)); do
 	*) usage_error "unknown argument $1 (see --help)" ;;
 	esac
 done
-[[ -n $extract && -n $modules && -n $driver && -n $kernel && -n $out ]] ||
-	usage_error "--extract, --modules, --driver, --kernel-release and --out are required"
+[[ -n $extract || -n $sysroot ]] && [[ -z $extract || -z $sysroot ]] ||
+	usage_error "give one of --extract and --sysroot"
+[[ -n $modules && -n $driver && -n $kernel && -n $out ]] ||
+	usage_error "--extract or --sysroot, --modules, --driver, --kernel-release and --out are required"
 valid_driver_version "$driver" || usage_error "--driver $driver: want a version such as 550.127.05"
 [[ $kernel =~ ^[0-9A-Za-z._+-]+$ ]] || usage_error "--kernel-release $kernel: not a kernel release"
+if [[ -n $sysroot ]]; then
+	[[ -d $sysroot ]] || die "--sysroot $sysroot: not a directory"
+	# The packages' files, gathered into the installer's flat layout, so
+	# that both inputs take the one path below.
+	extract=$(mktemp -d)
+	trap 'rm -rf "$extract"' EXIT
+	flatten_sysroot "$sysroot" "$driver" "$extract"
+fi
 [[ -d $extract ]] || die "--extract $extract: not a directory"
 [[ -d $modules ]] || die "--modules $modules: not a directory"
 if [[ -e $out ]] && [[ -n $(ls -A "$out") ]]; then

@@ -429,6 +429,56 @@ func TestAssembleTree(t *testing.T) {
 		})
 	}
 
+	t.Run("a distribution's unpacked packages give the same tree as the installer", func(t *testing.T) {
+		// Debian's layout: libraries under usr/lib/<triplet>/nvidia/current
+		// with links one level up, nvidia-smi a link into usr/lib/nvidia,
+		// an absolute link through /etc/alternatives, firmware under
+		// lib/firmware/nvidia/<driver>.
+		sys := t.TempDir()
+		libdir := filepath.Join(sys, "usr/lib/x86_64-linux-gnu/nvidia/current")
+		for _, d := range []string{libdir, filepath.Join(sys, "usr/bin"), filepath.Join(sys, "usr/lib/nvidia/current"),
+			filepath.Join(sys, "etc/alternatives"), filepath.Join(sys, "lib/firmware/nvidia", driver)} {
+			noErr(t, os.MkdirAll(d, 0o755))
+		}
+		for _, l := range []string{"libcuda.so.", "libnvidia-ml.so.", "libnvidia-ptxjitcompiler.so.", "libnvidia-cfg.so."} {
+			b, err := os.ReadFile(filepath.Join(extract, l+driver))
+			noErr(t, err)
+			noErr(t, os.WriteFile(filepath.Join(libdir, l+driver), b, 0o644))
+			noErr(t, os.Symlink("nvidia/current/"+l+driver, filepath.Join(sys, "usr/lib/x86_64-linux-gnu", l+driver)))
+		}
+		copyFile := func(from, to string) {
+			b, err := os.ReadFile(filepath.Join(extract, from))
+			noErr(t, err)
+			noErr(t, os.WriteFile(to, b, 0o755))
+		}
+		copyFile("nvidia-smi", filepath.Join(sys, "usr/lib/nvidia/current/nvidia-smi"))
+		noErr(t, os.Symlink("../lib/nvidia/current/nvidia-smi", filepath.Join(sys, "usr/bin/nvidia-smi")))
+		copyFile("nvidia-persistenced", filepath.Join(sys, "usr/bin/nvidia-persistenced"))
+		copyFile("nvidia-debugdump", filepath.Join(sys, "usr/lib/nvidia/current/nvidia-debugdump"))
+		noErr(t, os.Symlink("/usr/lib/nvidia/current/nvidia-debugdump", filepath.Join(sys, "etc/alternatives/nvidia-debugdump")))
+		noErr(t, os.Symlink("/etc/alternatives/nvidia-debugdump", filepath.Join(sys, "usr/bin/nvidia-debugdump")))
+		copyFile("nvidia-cuda-mps-control", filepath.Join(sys, "usr/bin/nvidia-cuda-mps-control"))
+		noErr(t, os.Symlink("/nowhere", filepath.Join(sys, "usr/bin/nvidia-bug-report.sh")))
+		for _, fw := range []string{"gsp_ga10x.bin", "gsp_tu10x.bin"} {
+			copyFile("firmware/"+fw, filepath.Join(sys, "lib/firmware/nvidia", driver, fw))
+		}
+		fromRun, fromDebs := filepath.Join(t.TempDir(), "tree"), filepath.Join(t.TempDir(), "tree")
+		must(t, assemble(t, extract, modules, fromRun), 0)
+		r := run(t, nil, "./assemble-tree.sh", "--sysroot", sys, "--modules", modules,
+			"--driver", driver, "--kernel-release", kernel, "--out", fromDebs)
+		must(t, r, 0)
+		if got, want := listing(t, fromDebs), listing(t, fromRun); !reflect.DeepEqual(got, want) {
+			t.Fatalf("from packages:\n%s\nfrom the installer:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		if !strings.Contains(r.stderr, "nvidia-bug-report.sh leads nowhere") {
+			t.Errorf("a dangling link is not reported: %s", r.stderr)
+		}
+		if r := run(t, nil, "./assemble-tree.sh", "--sysroot", sys, "--extract", extract, "--modules", modules,
+			"--driver", driver, "--kernel-release", kernel, "--out", t.TempDir()); r.code != 2 {
+			t.Errorf("--sysroot with --extract: exit %d", r.code)
+		}
+	})
+
 	t.Run("an existing tree is not written over", func(t *testing.T) {
 		out := t.TempDir()
 		os.WriteFile(filepath.Join(out, "x"), nil, 0o644)
@@ -715,5 +765,12 @@ func TestWorkflow(t *testing.T) {
 	}
 	if !built {
 		t.Fatal("the build job does not run deploy/builder/build.sh")
+	}
+}
+
+func noErr(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

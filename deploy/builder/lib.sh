@@ -134,3 +134,44 @@ installer_flags() {
 		;;
 	esac
 }
+
+# in_sysroot ROOT PATH: PATH (inside ROOT) with its symlinks followed the
+# way they would be were ROOT the root: absolute targets stay under ROOT.
+# Prints ROOT-prefixed path; fails after 40 links or on a dangling one.
+in_sysroot() {
+	local root=$1 p=$2 n=0 t
+	while [[ -L $root$p ]]; do
+		((++n <= 40)) || return 1
+		t=$(readlink "$root$p")
+		if [[ $t == /* ]]; then p=$t; else p=$(dirname "$p")/$t; fi
+	done
+	[[ -e $root$p ]] || return 1
+	printf '%s%s\n' "$root" "$p"
+}
+
+# flatten_sysroot ROOT DRIVER OUT: the files of driver DRIVER that a
+# distribution's packages unpacked into ROOT, copied into OUT in the layout
+# of an extracted NVIDIA installer: lib*.so.DRIVER (regular files, from
+# anywhere under usr/lib*), the binaries of usr/bin and usr/sbin named
+# nvidia-* (their links followed inside ROOT), and firmware/*.bin.
+flatten_sysroot() {
+	local root=$1 driver=$2 out=$3 f b real
+	mkdir -p "$out/firmware"
+	while IFS= read -r -d '' f; do
+		b=${f##*/}
+		[[ -e $out/$b ]] || cp -p "$f" "$out/$b"
+	done < <(find "$root"/usr/lib* -type f -name "lib*.so.$driver" -print0 2>/dev/null)
+	for f in "$root"/usr/bin/nvidia-* "$root"/usr/sbin/nvidia-*; do
+		[[ -e $f || -L $f ]] || continue
+		b=${f##*/}
+		real=$(in_sysroot "$root" "${f#"$root"}") || {
+			log "warning: ${f#"$root"} leads nowhere inside $root; left out"
+			continue
+		}
+		[[ -f $real ]] && cp -p "$real" "$out/$b"
+	done
+	for f in "$root"/lib/firmware/nvidia/"$driver"/*.bin "$root"/usr/lib/firmware/nvidia/"$driver"/*.bin; do
+		[[ -f $f ]] && cp -p "$f" "$out/firmware/"
+	done
+	return 0
+}
