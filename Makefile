@@ -141,8 +141,12 @@ e2e-cli: build ## Run the built binary end to end against fixture hosts
 e2e-vm: ## Boot a Debian VM (qemu, no KVM needed) and run every scenario in it (root; SCENARIOS=... for some)
 	bash test/e2e/run-e2e.sh $(SCENARIOS)
 
+.PHONY: e2e-real
+e2e-real: ## The real-driver tier: NVIDIA's 535 driver built from Debian's packages, in the VM (root; cached)
+	bash test/e2e/run-e2e.sh real
+
 .PHONY: ci
-ci: check-tidy lint test e2e ## Everything CI runs
+ci: check-tidy lint test e2e e2e-real ## Everything CI runs
 
 .PHONY: install
 install: build ## Install the binary to /opt/bin and the systemd units under /etc (as root)

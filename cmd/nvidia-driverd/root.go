@@ -27,6 +27,7 @@ type globals struct {
 	stderr     io.Writer
 
 	cfg config.Loaded
+	src config.Sources // where cfg came from, to read it again on a reload
 	log *zap.Logger
 }
 
@@ -181,6 +182,7 @@ func (g *globals) setup(cmd *cobra.Command) error {
 	if err != nil {
 		return usageError{err}
 	}
+	g.src = src
 	for _, w := range g.cfg.Warnings {
 		g.log.Warn(w)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/daemon"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/engine"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/kmod"
@@ -145,7 +146,10 @@ func newRunCommand(g *globals) *cobra.Command {
 		Long: `Reconcile the host, then stay up: plan, fetch and install when needed,
 activate, and send READY=1 to systemd only once the driver is usable, with
 STATUS= progress meanwhile (download progress included). SIGHUP
-(systemctl reload) re-checks; SIGTERM stops, leaving the driver loaded.
+(systemctl reload) reads the configuration file again and re-checks: a new
+driver-version is fetched and replaces the running driver, unless a
+process holds the GPU (it is named, and the running driver stays). SIGTERM
+stops, leaving the driver loaded.
 
 When the driver cannot be made usable, failure-policy decides: fail exits
 non-zero so units that Require= this one (kubelet) do not start;
@@ -178,6 +182,18 @@ node_exporter's textfile collector after every change.`,
 			}
 			if u, ok := d.Units.(*systemd.Units); ok {
 				defer u.Close()
+			}
+			// A reload reads the file again (flags and environment stay
+			// as they were at start).
+			d.LoadConfig = func() (config.Config, error) {
+				l, err := config.Load(g.src)
+				if err != nil {
+					return config.Config{}, err
+				}
+				for _, w := range l.Warnings {
+					g.log.Warn(w)
+				}
+				return l.Config, nil
 			}
 			if g.cfg.Config.Prefetch {
 				g.followUpdates(d)

@@ -431,7 +431,7 @@ func TestAssembleTree(t *testing.T) {
 
 	t.Run("a distribution's unpacked packages give the same tree as the installer", func(t *testing.T) {
 		// Debian's layout: libraries under usr/lib/<triplet>/nvidia/current
-		// with links one level up, nvidia-smi a link into usr/lib/nvidia,
+		// with links one level up, nvidia-smi in usr/lib/nvidia/current,
 		// an absolute link through /etc/alternatives, firmware under
 		// lib/firmware/nvidia/<driver>.
 		sys := t.TempDir()
@@ -451,8 +451,9 @@ func TestAssembleTree(t *testing.T) {
 			noErr(t, err)
 			noErr(t, os.WriteFile(to, b, 0o755))
 		}
+		// nvidia-smi as unpacked, before the alternatives link it into
+		// usr/bin.
 		copyFile("nvidia-smi", filepath.Join(sys, "usr/lib/nvidia/current/nvidia-smi"))
-		noErr(t, os.Symlink("../lib/nvidia/current/nvidia-smi", filepath.Join(sys, "usr/bin/nvidia-smi")))
 		copyFile("nvidia-persistenced", filepath.Join(sys, "usr/bin/nvidia-persistenced"))
 		copyFile("nvidia-debugdump", filepath.Join(sys, "usr/lib/nvidia/current/nvidia-debugdump"))
 		noErr(t, os.Symlink("/usr/lib/nvidia/current/nvidia-debugdump", filepath.Join(sys, "etc/alternatives/nvidia-debugdump")))

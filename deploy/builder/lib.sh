@@ -153,7 +153,10 @@ in_sysroot() {
 # distribution's packages unpacked into ROOT, copied into OUT in the layout
 # of an extracted NVIDIA installer: lib*.so.DRIVER (regular files, from
 # anywhere under usr/lib*), the binaries of usr/bin and usr/sbin named
-# nvidia-* (their links followed inside ROOT), and firmware/*.bin.
+# nvidia-* (their links followed inside ROOT) and, for names not found
+# there, of usr/lib/nvidia/current (where Debian's packages put what its
+# alternatives link into usr/bin when a maintainer script runs, which
+# unpacking does not), and firmware/*.bin.
 flatten_sysroot() {
 	local root=$1 driver=$2 out=$3 f b real
 	mkdir -p "$out/firmware"
@@ -161,9 +164,10 @@ flatten_sysroot() {
 		b=${f##*/}
 		[[ -e $out/$b ]] || cp -p "$f" "$out/$b"
 	done < <(find "$root"/usr/lib* -type f -name "lib*.so.$driver" -print0 2>/dev/null)
-	for f in "$root"/usr/bin/nvidia-* "$root"/usr/sbin/nvidia-*; do
+	for f in "$root"/usr/bin/nvidia-* "$root"/usr/sbin/nvidia-* "$root"/usr/lib/nvidia/current/nvidia-*; do
 		[[ -e $f || -L $f ]] || continue
 		b=${f##*/}
+		[[ ! -e $out/$b ]] || continue
 		real=$(in_sysroot "$root" "${f#"$root"}") || {
 			log "warning: ${f#"$root"} leads nowhere inside $root; left out"
 			continue

@@ -19,6 +19,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -96,6 +97,11 @@ type Deps struct {
 	OnPrefetch func(store.Prefetch)
 	// Metrics receives readiness, durations and failures; nil is fine.
 	Metrics *metrics.Metrics
+	// LoadConfig, when set, reads the configuration again; Run calls it
+	// on each reload (SIGHUP) before re-checking, so that a changed
+	// driver-version is acted on without a restart. An error keeps the
+	// configuration in use.
+	LoadConfig func() (config.Config, error)
 }
 
 // Daemon reconciles one host. Its Deps are not to be changed once New
@@ -213,18 +219,25 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 		return err
 	}
 	d.notify(d.Notify.Ready(d.setOutcome(out)))
-	if d.Config.Prefetch && out.Idle == "" { // no GPU: nothing to prefetch for
+	stopPrefetch := func() {}
+	startPrefetch := func(idle bool) {
+		if !d.Config.Prefetch || idle { // no GPU: nothing to prefetch for
+			stopPrefetch = func() {}
+			return
+		}
 		pctx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
 			d.prefetcher(pctx)
 		}()
-		defer func() {
+		stopPrefetch = func() {
 			stop()
 			<-done
-		}()
+		}
 	}
+	startPrefetch(out.Idle != "")
+	defer func() { stopPrefetch() }()
 
 	var tick <-chan time.Time
 	if iv := d.Notify.WatchdogInterval(); iv > 0 {
@@ -245,6 +258,13 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 	)
 	recheck := func() {
 		d.notify(d.Notify.Reloading("re-checking the driver"))
+		if c, changed := d.reloadConfig(); changed {
+			// Nothing reads the configuration meanwhile: no re-check is
+			// running, and the prefetcher is stopped for the swap.
+			stopPrefetch()
+			d.Config, d.activator.Config = c, c
+			startPrefetch(false)
+		}
 		ch := make(chan result, 1)
 		go func() {
 			out, err := d.Reconcile(ctx)
@@ -282,6 +302,36 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 			}
 		}
 	}
+}
+
+// reloadConfig reads the configuration again through LoadConfig and
+// returns it with changed set when it differs from the one in use. A
+// configuration that cannot be read is logged and the one in use kept.
+func (d *Daemon) reloadConfig() (config.Config, bool) {
+	if d.LoadConfig == nil {
+		return d.Config, false
+	}
+	c, err := d.LoadConfig()
+	if err != nil {
+		d.Log.Error("configuration not reloaded, the one in use is kept", zap.Error(err))
+		return d.Config, false
+	}
+	if reflect.DeepEqual(c, d.Config) {
+		return c, false
+	}
+	msg := "configuration reloaded"
+	if c.DriverVersion != d.Config.DriverVersion {
+		msg += fmt.Sprintf(": driver-version %s -> %s", orUnset(d.Config.DriverVersion), orUnset(c.DriverVersion))
+	}
+	d.Log.Info(msg, zap.String("driver", c.DriverVersion))
+	return c, true
+}
+
+func orUnset(v string) string {
+	if v == "" {
+		return "(unset)"
+	}
+	return v
 }
 
 // recheckFailed reports a failed re-check. The driver that was ready
@@ -438,7 +488,11 @@ func (d *Daemon) Converge(ctx context.Context, s *store.Store, h Host) (Outcome,
 func (d *Daemon) reconcile(ctx context.Context, s *store.Store, a engine.Assessment) (Outcome, error) {
 	plan, facts := a.Decision, a.Facts
 	log := d.Log.With(zap.String("kernel", facts.Kernel.Release), zap.String("driver", plan.Driver))
-	log.Info(fmt.Sprintf("planned %s of driver %s for kernel %s: %s", plan.Action, plan.Driver, facts.Kernel.Release, plan.Reason),
+	what := fmt.Sprintf("planned %s of driver %s for kernel %s: %s", plan.Action, plan.Driver, facts.Kernel.Release, plan.Reason)
+	if plan.Driver == "" {
+		what = fmt.Sprintf("planned %s for kernel %s: %s", plan.Action, facts.Kernel.Release, plan.Reason)
+	}
+	log.Info(what,
 		zap.String("action", string(plan.Action)), zap.String("reason", plan.Reason))
 	d.notify(d.Notify.Status(fmt.Sprintf("%s: %s", plan.Action, plan.Reason)))
 

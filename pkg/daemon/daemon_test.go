@@ -525,6 +525,68 @@ func TestReplaceLoadedDriver(t *testing.T) {
 			t.Fatalf("state %+v", st)
 		}
 	})
+
+	t.Run("the process holding the GPU is named, and persistenced runs again", func(t *testing.T) {
+		listenNotify(t)
+		r := newRig(t, nil)
+		r.publish(t, driver, kernel)
+		r.loadOld(t, "535.161.07", 1)
+		write(t, r.root, "proc/4242/comm", "python3\n")
+		if err := os.MkdirAll(filepath.Join(r.root, "proc/4242/fd"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for fd, dev := range map[string]string{"3": "/dev/nvidia0", "4": "/dev/nvidiactl", "5": "/dev/null"} {
+			if err := os.Symlink(dev, filepath.Join(r.root, "proc/4242/fd", fd)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err := r.d.Reconcile(context.Background())
+		if !errors.Is(err, engine.ErrRebootNeeded) || !strings.Contains(err.Error(), "pid 4242 (python3) has /dev/nvidia0 open, pid 4242 (python3) has /dev/nvidiactl open") ||
+			strings.Contains(err.Error(), "/dev/null") {
+			t.Fatalf("Reconcile = %v", err)
+		}
+		if len(r.units.started) != 1 || r.units.started[0] != "nvidia-persistenced.service" {
+			t.Errorf("persistenced not started again after the refused unload: %q", r.units.started)
+		}
+	})
+}
+
+func TestReloadChangesTheDriver(t *testing.T) {
+	n := listenNotify(t)
+	r := newRig(t, func(c *config.Config) { c.DriverVersion = "535.161.07" })
+	r.publish(t, "535.161.07", kernel)
+	r.publish(t, driver, kernel)
+	var mu sync.Mutex
+	next := r.d.Config
+	r.d.LoadConfig = func() (config.Config, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return next, nil
+	}
+	stop, reload := r.run(t)
+	if m := n.until(t, "READY=1"); !strings.Contains(m[len(m)-1], "driver 535.161.07 active") {
+		t.Fatalf("%q", m)
+	}
+	mu.Lock()
+	next.DriverVersion = driver
+	mu.Unlock()
+	reload <- syscall.SIGHUP
+	seen := n.until(t, "READY=1")
+	if m := seen[len(seen)-1]; !strings.Contains(m, "driver "+driver+" active from "+newTree) {
+		t.Fatalf("after the reload: %q", seen)
+	}
+	if all := strings.Join(seen, "|"); !strings.Contains(all, "RELOADING=1") || !strings.Contains(all, "activating "+newTree+": unload") {
+		t.Errorf("STATUS= does not tell the steps: %q", seen)
+	}
+	if b, _ := os.ReadFile(filepath.Join(r.root, "sys/module/nvidia/version")); strings.TrimSpace(string(b)) != driver {
+		t.Errorf("nvidia version now %q", b)
+	}
+	if names, _ := r.kernel.Deleted(); strings.Join(names, " ") == "" || names[len(names)-1] != "nvidia" {
+		t.Errorf("unloaded %q: nvidia must go last", names)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestDeactivate(t *testing.T) {

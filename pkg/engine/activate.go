@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/cdi"
 	"github.com/nvidia-driverd/nvidia-driverd/pkg/config"
@@ -202,7 +203,14 @@ func (a *Activator) unload(ctx context.Context, h Host, what string) ([]string, 
 		var err error
 		unloaded, err = kmod.Unload(a.Syscalls, h, a.Config.Modules)
 		if errors.Is(err, kmod.ErrBusy) {
-			return fmt.Errorf("%s: %w: %w", what, ErrRebootNeeded, err)
+			err = fmt.Errorf("%s: %w: %w%s", what, ErrRebootNeeded, err, heldBy(h))
+			// The driver stays as it was, so does persistenced.
+			if len(unloaded) == 0 && a.Config.Persistenced != "" && a.Units != nil {
+				if serr := a.Units.Start(ctx, a.Config.Persistenced); serr != nil {
+					err = errors.Join(err, fmt.Errorf("start %s again: %w", a.Config.Persistenced, serr))
+				}
+			}
+			return err
 		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", what, err)
@@ -210,6 +218,21 @@ func (a *Activator) unload(ctx context.Context, h Host, what string) ([]string, 
 		return nil
 	})
 	return unloaded, err
+}
+
+// heldBy names the processes that keep the driver busy by holding one of
+// its device files open, as "; <who> has /dev/nvidia0 open, ...", or ""
+// when none is found (a module, not a process, holds it).
+func heldBy(h Host) string {
+	holders, err := h.DeviceHolders("/dev/nvidia")
+	if err != nil || len(holders) == 0 {
+		return ""
+	}
+	names := make([]string, len(holders))
+	for i, d := range holders {
+		names[i] = d.String()
+	}
+	return "; " + strings.Join(names, ", ")
 }
 
 func (a *Activator) stopPersistenced(ctx context.Context) error {

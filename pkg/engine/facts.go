@@ -67,6 +67,7 @@ type Host interface {
 	NvidiaGPUs() ([]hostinfo.GPU, error)
 	LoadedModules(names []string) (map[string]hostinfo.Module, error)
 	NvidiaProcVersion() (string, error)
+	DeviceHolders(prefix string) ([]hostinfo.DeviceHolder, error)
 }
 
 var _ Host = (*hostinfo.Host)(nil)

@@ -299,6 +299,92 @@ prefetch)
 	if journalctl -b -u nvidia-driverd -o cat | grep -Eq '^(fetched|fetch failed)'; then nok "a download was tried"; else ok "no download"; fi
 	ready_time
 	;;
+real-nogpu)
+	eq "nvidia-driverd.service is active" "$(prop nvidia-driverd ActiveState)" active
+	st=$(prop nvidia-driverd StatusText)
+	case $st in
+	"nothing to do: no NVIDIA GPU"*) ok "status text: $st" ;;
+	*) nok "status text does not say there is no GPU and nothing to do: '$st'" ;;
+	esac
+	eq "kubelet started (Requires= the unit)" "$(prop kubelet ActiveState)" active
+	eq "kubelet saw nvidia-driverd active" "$(grep driverd= /var/lib/e2e/kubelet.txt 2>&1)" driverd=active
+	eq "no restarts" "$(prop nvidia-driverd NRestarts)" 0
+	eq "nvidia not loaded" "$(test -e /sys/module/nvidia && echo loaded || echo absent)" absent
+	check "nothing became current" test ! -e /opt/nvidia/current
+	if journalctl -b -u nvidia-driverd -o cat | grep -Eq '^(fetched|fetch failed|pulling)'; then nok "a download was tried"; else ok "nothing downloaded"; fi
+	plain_journal "plan: no GPU, nothing to do" "^planned no-gpu for kernel $rel: no NVIDIA GPU on the PCI bus"
+	/opt/bin/nvidia-driverd status --ready >/dev/null 2>&1
+	eq "status --ready exits 3: no usable driver" "$?" 3
+	ready_time
+	;;
+real-libs)
+	ver=$(cat $S/real-version)
+	tree=/opt/nvidia/$ver/$rel
+	eq "nvidia-driverd.service is active" "$(prop nvidia-driverd ActiveState)" active
+	echo "info status text: $(prop nvidia-driverd StatusText)"
+	for lib in libcuda.so.1 libnvidia-ml.so.1 libnvidia-ptxjitcompiler.so.1; do
+		p=$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')
+		case $p in
+		$tree/lib64/*) ok "ldconfig -p: $lib => $p" ;;
+		*) nok "ldconfig -p: $lib => '$p', not in $tree/lib64" ;;
+		esac
+	done
+	out=$(/opt/nvidia/current/bin/nvidia-smi 2>&1)
+	rc=$?
+	case $rc:$out in
+	0:*) nok "nvidia-smi succeeded without a driver: $out" ;;
+	*"couldn't communicate with the NVIDIA driver"*) ok "NVIDIA's nvidia-smi runs and says: $(echo "$out" | head -1) (exit $rc)" ;;
+	*) nok "nvidia-smi (exit $rc): $out" ;;
+	esac
+	eq "no nvidia module loaded (modules: [])" "$(test -e /sys/module/nvidia && echo loaded || echo absent)" absent
+	eq "nvidia-persistenced not started without a driver" "$(prop nvidia-persistenced ActiveState)" inactive
+	plain_journal "persistenced left alone" "nvidia-persistenced.service not started: the nvidia module is not loaded"
+	check "status shows the wanted driver $ver" grep -Eq "^Wanted +driver $ver" $S/status.txt
+	line=$(grep -Eo "$tree \([0-9]+ files, [^)]*\)" $S/status.txt | head -1)
+	if [ -n "$line" ]; then ok "status: $line"; else nok "status does not show $tree with its size"; fi
+	plain_journal "the real image fetched" "^fetched .*$ver.* into $tree"
+	echo "info $(journalctl -b -u nvidia-driverd -o cat | grep -m1 '^fetched')"
+	ready_time
+	;;
+real-load)
+	ver=$(cat $S/real-version)
+	# failure-policy fail: the unit fails and is restarted every 15 s;
+	# look between two attempts.
+	i=0
+	until [ "$(prop nvidia-driverd SubState)" = auto-restart ] || [ "$(prop nvidia-driverd ActiveState)" = failed ]; do
+		i=$((i + 1))
+		if [ $i -gt 600 ]; then break; fi
+		sleep 0.2
+	done
+	state=$(prop nvidia-driverd ActiveState)/$(prop nvidia-driverd SubState)
+	case $state in active/*) nok "nvidia-driverd became active" ;; *) ok "nvidia-driverd not ready ($state)" ;; esac
+	st=$(prop nvidia-driverd StatusText)
+	case $st in
+	*"load module nvidia: "*"no NVIDIA GPU the module can drive; the kernel said: "*NVRM:*) ok "status text: $st" ;;
+	*) nok "status text does not name nvidia.ko's refusal with the kernel's NVRM lines: '$st'" ;;
+	esac
+	plain_journal "the refusal with NVRM lines" "load module nvidia: .*the kernel said: .*NVRM:"
+	echo "info kernel: $(journalctl -b -k -o cat | grep NVRM | head -3 | tr '\n' '|')"
+	undone=$(journalctl -b -u nvidia-driverd -o cat | sed -n 's/^failed activation undone: unloaded //p' | head -1)
+	case " $undone " in
+	*" drm "*) ok "the in-tree prerequisites it loaded were unloaded again: $undone" ;;
+	*) nok "no undo naming drm (nvidia.ko's depends=): '$undone'" ;;
+	esac
+	for m in $undone; do
+		check "$m is unloaded" test ! -e /sys/module/$m/initstate
+	done
+	eq "nvidia not loaded" "$(test -e /sys/module/nvidia/initstate && echo loaded || echo absent)" absent
+	check "no ld.so.conf.d drop-in (real-libs' one removed)" test ! -e /etc/ld.so.conf.d/nvidia-driverd.conf
+	check "libcuda.so.1 no longer in ldconfig -p" sh -c "! ldconfig -p | grep -q 'libcuda.so.1 '"
+	check "no /dev/nvidiactl" test ! -e /dev/nvidiactl
+	check "no overlay mounts" sh -c "test -z \"\$(findmnt -rn -t overlay)\""
+	check "no CDI spec" sh -c "! ls /etc/cdi/*nvidia* /var/run/cdi/*nvidia* 2>/dev/null | grep -q ."
+	eq "nvidia-persistenced not started" "$(prop nvidia-persistenced ActiveState)" inactive
+	eq "kubelet did not start (Requires=)" "$(prop kubelet ActiveState)" inactive
+	start=$(prop nvidia-driverd ExecMainStartTimestampMonotonic)
+	end=$(prop nvidia-driverd ExecMainExitTimestampMonotonic)
+	if [ "$end" -gt "$start" ] 2>/dev/null; then echo "info verdict_ms=$(( (end - start) / 1000 ))"; fi
+	;;
 *)
 	nok "unknown scenario $scenario"
 	;;

@@ -32,6 +32,20 @@
 #   kernel-prefetch (4) the same on the generic host: a kernel installed
 #                      while the daemon runs has its driver prefetched
 #
+# The real-driver tier ("real", or by name; build-real-driver.sh builds
+# NVIDIA's 535 driver from Debian's packages for the standard kernel):
+#   real-nogpu         default require-gpu, no GPU: nothing fetched or
+#                      loaded, the unit active with STATUS= saying so,
+#                      kubelet started
+#   real-libs          the real tree installed with modules: [] (user space
+#                      only): libcuda and NVML in the linker cache from the
+#                      tree, NVIDIA's nvidia-smi failing to reach a driver,
+#                      persistenced not started, status with the tree's size
+#   real-load          real-libs' disk, the real modules wanted: the in-tree
+#                      prerequisites from modules.dep, then nvidia.ko, which
+#                      refuses a machine without a GPU: STATUS= quotes NVRM,
+#                      the unit fails, everything it loaded or set up undone
+#
 # Environment (see README.md): E2E_CACHE (cache dir), E2E_TIMEOUT (seconds
 # per boot, 300), E2E_KEEP=1 (keep the scratch disks), E2E_LIBRARY_MODE
 # (ldconfig, the default, or overlay, which Debian's linker path refuses),
@@ -42,15 +56,17 @@
 need_root "$@"
 need qemu-system-x86 perl bc python3
 ORDER="first-boot reboot rollback osupdate keep-previous noimage badmagic powercut prefetch kernel-prefetch"
+REAL_ORDER="real-nogpu real-libs real-load"
 want=" "
 for a in "${@:-$ORDER}"; do
 	for s in $a; do
 		case $s in
 		1) s=first-boot ;; 2) s=reboot ;; 3) s=osupdate ;; 4) s="prefetch kernel-prefetch" ;; 6) s=powercut ;; 7) s=badmagic ;; 8) s=rollback ;;
 		5) s="noimage keep-previous" ;;
+		real) s=$REAL_ORDER ;;
 		esac
 		for x in $s; do
-			case " $ORDER " in
+			case " $ORDER $REAL_ORDER " in
 			*" $x "*) want+="$x " ;;
 			*) die "unknown scenario $x ($ORDER)" ;;
 			esac
@@ -70,6 +86,11 @@ rm -rf "$run"
 mkdir -p "$run"
 "$E2E_DIR/build-driver.sh" "$release" "$run/driver"
 "$E2E_DIR/build-driver.sh" "$release_rt" "$run/driver-rt"
+case $want in *" real-"*)
+	real=$("$E2E_DIR/build-real-driver.sh" "$release")
+	real_version=$(cat "$real/version")
+	;;
+esac
 log "setup done in $(( $(date +%s) - t0 )) s (image $image, kernels $release, $release_rt)"
 
 # share NAME [DRIVER [POLICY]]: a fresh host directory for the guest's
@@ -259,6 +280,30 @@ scenario() {
 	kernel-prefetch)
 		kernel_prefetch && st=0 || st=1
 		;;
+	real-nogpu)
+		# The default require-gpu, and no GPU: nothing to fetch (there is
+		# no registry), nothing to load, and kubelet must start.
+		s=$(share real-nogpu)
+		sed -i '/^require-gpu:/d' "$s/config.yaml"
+		boot "$image/disk.img" "$s" real-nogpu snapshot && st=0 || st=1
+		;;
+	real-libs)
+		# NVIDIA's real tree, user space only (modules: []).
+		s=$(share real-libs "$real_version")
+		echo 'modules: []' >>"$s/config.yaml"
+		echo "$real_version" >"$s/real-version"
+		cp "$real/manifest.txt" "$s/real-manifest.txt"
+		registry "$s" "$real/tree 12 $release $real_version"
+		cp --sparse=always "$image/disk.img" "$run/disk-real.img"
+		boot "$run/disk-real.img" "$s" real-libs && st=0 || st=1
+		;;
+	real-load)
+		needs real-libs
+		# The same tree, its modules wanted: nvidia.ko meets no GPU.
+		s=$(share real-load "$real_version")
+		echo "$real_version" >"$s/real-version"
+		boot "$run/disk-real.img" "$s" real-load snapshot && st=0 || st=1
+		;;
 	esac
 	report "$1" $st
 }
@@ -351,7 +396,7 @@ kernel_prefetch() {
 	boot "$run/disk-kprefetch.img" "$s2" kernel-prefetch
 }
 
-for sc in $ORDER; do
+for sc in $ORDER $REAL_ORDER; do
 	case $want in *" $sc "*) ;; *) continue ;; esac
 	case $done_list in *" $sc "*) continue ;; esac
 	scenario "$sc"
