@@ -263,13 +263,24 @@ func newRollbackCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.lockedExisting(d, wait, func(_ context.Context, s *store.Store, _ daemon.Host) error {
+			return g.lockedExisting(d, wait, func(_ context.Context, s *store.Store, h daemon.Host) error {
 				from, to, err := s.Rollback()
 				if err != nil {
 					return err
 				}
 				g.log.Info("current rolled back", zap.String("from", from), zap.String("to", to))
 				fmt.Fprintf(g.stdout, "current -> %s (was %s)\n", to, from)
+				// A rollback the daemon will not keep is said now, not
+				// found out at the next start.
+				if a, err := engine.Assess(h, g.cfg.Config); err == nil {
+					if t := a.Facts.Store.Tree(to); t != nil {
+						if fit := engine.Judge(*t, a.Facts.Kernel, g.cfg.Config.Modules); !fit.Matches {
+							fmt.Fprintf(g.stdout, "note: %s does not match the running kernel (%s); the daemon will %s at its next start\n", to, fit.Problem, a.Decision.Action)
+						} else if a.Decision.Action == engine.ActionSwitch || a.Decision.Action == engine.ActionInstall {
+							fmt.Fprintf(g.stdout, "note: driver-version %s is not %s; the daemon will %s at its next start: %s\n", g.cfg.Config.DriverVersion, t.Driver, a.Decision.Action, a.Decision.Reason)
+						}
+					}
+				}
 				return nil
 			})
 		},

@@ -132,6 +132,9 @@ func writeStatus(w io.Writer, r engine.Report) error {
 	if wanted == "" {
 		wanted = "not set"
 	}
+	if r.Driver.FromCurrent {
+		wanted += " (driver-version is unset: the current tree's)"
+	}
 	line("Wanted", "driver %s", wanted)
 	if len(r.Loaded) == 0 {
 		line("Loaded", "no driver module")

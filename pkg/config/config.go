@@ -7,7 +7,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -186,11 +185,8 @@ var keys = []key{
 	},
 	{
 		name: "modules", kind: kindList,
-		usage: "kernel modules of the driver (comma-separated), loaded in dependency order",
+		usage: "kernel modules of the driver (comma-separated), loaded in dependency order; empty loads none (user space only)",
 		set: func(c *Config, raw []string) error {
-			if len(raw) == 0 {
-				return errors.New("want at least one module")
-			}
 			seen := map[string]bool{}
 			for _, m := range raw {
 				if !moduleNameRE.MatchString(m) {
@@ -201,7 +197,7 @@ var keys = []key{
 				}
 				seen[modinfo.KernelName(m)] = true
 			}
-			c.Modules = raw
+			c.Modules = append([]string{}, raw...) // [] (none), never nil
 			return nil
 		},
 		get: func(c Config) any { return c.Modules },

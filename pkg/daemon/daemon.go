@@ -571,7 +571,16 @@ func (d *Daemon) Activate(ctx context.Context, a engine.Assessment, tree string)
 				if len(undone.Unloaded) > 0 {
 					msg += ": unloaded " + strings.Join(undone.Unloaded, " ")
 				}
-				log.Info(msg, zap.Strings("unloaded", undone.Unloaded))
+				var kept []string // the host's modules that were there before
+				for _, m := range act.Modules {
+					if m.InTree && strings.HasPrefix(m.Skipped, "already loaded") {
+						kept = append(kept, m.Name)
+					}
+				}
+				if len(kept) > 0 {
+					msg += "; kept " + strings.Join(kept, " ") + ", loaded before"
+				}
+				log.Info(msg, zap.Strings("unloaded", undone.Unloaded), zap.Strings("kept", kept))
 			}
 		}
 		return act, err
@@ -587,9 +596,12 @@ func (d *Daemon) Activate(ctx context.Context, a engine.Assessment, tree string)
 	if act.PersistencedSkipped != "" {
 		msg += "; " + d.Config.Persistenced + " not started: " + act.PersistencedSkipped
 	}
+	if len(act.Unloaded) > 0 {
+		msg += "; unloaded " + strings.Join(act.Unloaded, " ") // the version it replaced, in order
+	}
 	log.Info(msg,
 		systemd.MessageID(systemd.MessageDriverActivated),
-		zap.Strings("loaded", loaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted),
+		zap.Strings("loaded", loaded), zap.Strings("unloaded", act.Unloaded), zap.Strings("devices", act.Devices), zap.Strings("mounted", act.Libs.Mounted),
 		zap.String("firmware", act.Firmware.Written), zap.String("firmware_skipped", act.Firmware.Skipped),
 		zap.String("cdi", act.CDI), zap.NamedError("cdi_error", act.CDIErr))
 	return act, nil

@@ -613,6 +613,34 @@ func TestDeactivate(t *testing.T) {
 		if r.current(t) != newTree {
 			t.Fatalf("current %s", r.current(t))
 		}
+		// The nodes it made are gone; a file of such a name is not ours.
+		if len(act.Devices) != 5 {
+			t.Errorf("removed %q", act.Devices)
+		}
+		for _, dev := range []string{"nvidiactl", "nvidia0", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset"} {
+			if _, err := os.Lstat(filepath.Join(r.root, "dev", dev)); !os.IsNotExist(err) {
+				t.Errorf("/dev/%s is left: %v", dev, err)
+			}
+		}
+		// activate brings it all back.
+		if _, err := r.d.Reconcile(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(r.root, "dev/nvidiactl")); err != nil {
+			t.Errorf("after activate: %v", err)
+		}
+	})
+
+	t.Run("a file named like a node is left alone", func(t *testing.T) {
+		r := newRig(t, nil)
+		write(t, r.root, "dev/nvidia0", "not a device\n")
+		act, err := r.d.Deactivate(context.Background(), hostfixture.Open(t, r.root))
+		if err != nil || len(act.Devices) != 0 {
+			t.Fatalf("%+v, %v", act, err)
+		}
+		if _, err := os.Stat(filepath.Join(r.root, "dev/nvidia0")); err != nil {
+			t.Error(err)
+		}
 	})
 }
 

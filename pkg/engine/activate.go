@@ -56,7 +56,7 @@ func (a *Activator) step(name string, fn func() error) error {
 type Activation struct {
 	Unloaded []string        // modules of another version removed first
 	Modules  []kmod.Step     // modules in load order, with what was skipped
-	Devices  []string        // device nodes created or fixed
+	Devices  []string        // device nodes created or fixed (removed, for Deactivate)
 	Firmware firmware.Result // the firmware search path written or left
 	Libs     libs.Result     // overlays, drop-in
 	// CDI is the CDI spec written or removed, as a path in this
@@ -248,15 +248,22 @@ func (a *Activator) stopPersistenced(ctx context.Context) error {
 // Deactivate undoes Activate: persistenced is stopped, the driver's
 // modules are unloaded in reverse dependency order (nothing is unloaded,
 // and the error wraps ErrRebootNeeded, when something holds the GPU), the
-// CDI spec is removed from cdi-dir when that is set, and the overlays are
-// detached or the ld.so.conf.d drop-in removed, with ldconfig rerun.
-// Device nodes are left: without the module they lead nowhere, and the
-// next activation reuses them.
+// device nodes are removed (Activation.Devices lists them), the CDI spec
+// is removed from cdi-dir when that is set, and the overlays are detached
+// or the ld.so.conf.d drop-in removed, with ldconfig rerun.
 func (a *Activator) Deactivate(ctx context.Context, h Host) (Activation, error) {
 	var out Activation
 	cfg := a.Config
 	var err error
 	out.Unloaded, err = a.unload(ctx, h, "unload the driver")
+	if err != nil {
+		return out, err
+	}
+	err = a.step("devices", func() error {
+		var err error
+		out.Devices, err = kmod.RemoveDevices(h)
+		return err
+	})
 	if err != nil {
 		return out, err
 	}

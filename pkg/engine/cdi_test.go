@@ -190,7 +190,7 @@ func TestActivateWritesCDISpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"unload", "cdi", "libraries"}; !slices.Equal(*steps, want) {
+	if want := []string{"unload", "devices", "cdi", "libraries"}; !slices.Equal(*steps, want) {
 		t.Errorf("deactivate steps %v, want %v", *steps, want)
 	}
 	if act.CDI != specPath {

@@ -61,6 +61,9 @@ type DriverReport struct {
 	// Loaded is the version of the loaded nvidia module, from
 	// /sys/module/nvidia/version or /proc/driver/nvidia/version.
 	Loaded string `json:"loaded,omitempty"`
+	// FromCurrent is set when driver-version is unset and Version is the
+	// current tree's: the daemon keeps what is installed.
+	FromCurrent bool `json:"from_current,omitempty"`
 }
 
 // TreeReport describes one installed tree.
@@ -109,6 +112,7 @@ func NewReport(f Facts, cfg config.Config, d Decision) Report {
 	if r.Driver.Version == "" {
 		r.Driver.Version = cfg.DriverVersion
 	}
+	r.Driver.FromCurrent = cfg.DriverVersion == "" && r.Driver.Version != ""
 	for _, t := range f.Store.Trees {
 		tr := treeReport(t, f.Kernel, cfg.Modules)
 		r.Installed = append(r.Installed, tr)

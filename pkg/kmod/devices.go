@@ -3,9 +3,11 @@ package kmod
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -166,4 +168,53 @@ func replaceNode(path string, d devNode) error {
 		return fmt.Errorf("create device node %s: %w", path, err)
 	}
 	return nil
+}
+
+// RemoveDevices removes the NVIDIA device nodes Devices makes from the
+// host's /dev: nvidiactl, nvidia-modeset, nvidia-uvm, nvidia-uvm-tools and
+// nvidiaN, each only when it is a character device (a file or link of
+// that name is someone else's). Call it once the modules are unloaded:
+// the nodes then lead nowhere. It returns the paths removed, or those
+// before an error naming the path.
+func RemoveDevices(host Host) ([]string, error) {
+	if host == nil {
+		return nil, errors.New("remove device nodes: no host")
+	}
+	dev, err := host.FS().Path("/dev")
+	if err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(dev)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("remove device nodes: %w", err)
+	}
+	var removed []string
+	for _, e := range entries {
+		if !isNvidiaNodeName(e.Name()) || e.Type()&os.ModeCharDevice == 0 {
+			continue
+		}
+		p := filepath.Join(dev, e.Name())
+		if err := unix.Unlink(p); err != nil && !errors.Is(err, unix.ENOENT) {
+			return removed, fmt.Errorf("remove device node %s: %w", host.FS().Host(p), err)
+		}
+		removed = append(removed, host.FS().Host(p))
+	}
+	return removed, nil
+}
+
+// isNvidiaNodeName reports whether name is one of the nodes Devices makes.
+func isNvidiaNodeName(name string) bool {
+	switch name {
+	case "nvidiactl", "nvidia-modeset", "nvidia-uvm", "nvidia-uvm-tools":
+		return true
+	}
+	n, ok := strings.CutPrefix(name, "nvidia")
+	if !ok || n == "" {
+		return false
+	}
+	_, err := strconv.ParseUint(n, 10, 8)
+	return err == nil
 }

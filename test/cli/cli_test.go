@@ -79,6 +79,7 @@ type status struct {
 	} `json:"kernel"`
 	Driver struct {
 		Version, Loaded string
+		FromCurrent     bool `json:"from_current"`
 	} `json:"driver"`
 	Current   *tree  `json:"current"`
 	Installed []tree `json:"installed"`
@@ -203,6 +204,9 @@ func TestStatus(t *testing.T) {
 		}
 		if s.Current == nil || !s.Current.MatchesKernel || s.Plan.Action != "load" {
 			t.Errorf("current %+v plan %+v", s.Current, s.Plan)
+		}
+		if r := run(t, nil, "--root", host(t, "coreos-legacy"), "status"); !strings.Contains(r.stdout, "driver 384.111 (driver-version is unset: the current tree's)") {
+			t.Errorf("status does not say where the wanted version comes from:\n%s", r.stdout)
 		}
 	})
 

@@ -127,7 +127,16 @@ func TestInstallFromOCILayout(t *testing.T) {
 		if !strings.HasPrefix(r.stdout, "current -> /opt/nvidia/550.54.14/3760.2.0") {
 			t.Fatalf("stdout %q", r.stdout)
 		}
-		must(t, run(t, nil, "--root", root, "rollback"), 0)
+		// The tree gone back to was built for the kernel before the update:
+		// the rollback will not last, and it says so.
+		if !strings.Contains(r.stdout, "note: /opt/nvidia/550.54.14/3760.2.0 does not match the running kernel (") || !strings.Contains(r.stdout, "will switch at its next start") {
+			t.Errorf("no note that the rollback will not stick:\n%s", r.stdout)
+		}
+		back := run(t, nil, "--root", root, "rollback")
+		must(t, back, 0)
+		if strings.Contains(back.stdout, "note:") {
+			t.Errorf("a rollback to a matching tree is noted:\n%s", back.stdout)
+		}
 		if s := statusJSON(t, root); s.Current == nil || s.Current.OSVersion != "3815.2.0" {
 			t.Fatalf("current %+v", s.Current)
 		}

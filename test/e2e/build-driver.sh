@@ -10,6 +10,7 @@
 #                     with CONFIG_MODVERSIONS would still load them
 #   OUT/tree-broken   driver BROKEN_VERSION whose nvidia.ko fails init
 #                     (its modprobe.d sets the stub's e2e_fail_init=1)
+#   OUT/tree-next     driver BROKEN_VERSION, working: a live upgrade's target
 . "$(dirname "$0")/lib.sh"
 [ $# = 2 ] || die "usage: build-driver.sh RELEASE OUT"
 need_root "$@"
@@ -99,4 +100,6 @@ for f in "$broken"/*.ko; do
 done
 tree "$out/tree-broken" "$broken" "$BROKEN_VERSION"
 echo "options nvidia NVreg_EnableMSI=0 e2e_fail_init=1" >"$out/tree-broken/etc/modprobe.d/nvidia.conf"
+# The same newer driver, working: what a live upgrade moves to.
+tree "$out/tree-next" "$broken" "$BROKEN_VERSION"
 log "driver trees in $out (bad vermagic: $fake)"

@@ -57,6 +57,19 @@ wait_prefetch() {
 	check "status --json: prefetch ready" grep -Eq '"state": *"ready"' $S/status-prefetch.json
 }
 
+# wait_status TEXT SECONDS: prints the unit's STATUS= once it contains
+# TEXT, or what it is after SECONDS.
+wait_status() {
+	i=0
+	while [ $i -lt $(($2 * 5)) ]; do
+		st=$(prop nvidia-driverd StatusText)
+		case $st in *"$1"*) break ;; esac
+		i=$((i + 1))
+		sleep 0.2
+	done
+	prop nvidia-driverd StatusText
+}
+
 # Microseconds from the daemon's start to READY=1 (the unit becoming active).
 ready_time() {
 	if [ "$(prop nvidia-driverd ActiveState)" != active ]; then return; fi
@@ -299,6 +312,66 @@ prefetch)
 	if journalctl -b -u nvidia-driverd -o cat | grep -Eq '^(fetched|fetch failed)'; then nok "a download was tried"; else ok "no download"; fi
 	ready_time
 	;;
+upgrade)
+	next=$(cat $S/next-version)
+	driver_usable
+	kpid=$(prop kubelet MainPID)
+	dpid=$(prop nvidia-driverd MainPID)
+	# A CUDA process's stand-in holds the driver through /dev/nvidiactl.
+	sleep 600 </dev/nvidiactl &
+	holder=$!
+	sed -i "s/^driver-version: .*/driver-version: $next/" /etc/nvidia-driverd/config.yaml
+	systemctl reload nvidia-driverd
+	st=$(wait_status "re-check failed" 120)
+	case $st in
+	*"pid $holder (sleep) has /dev/nvidiactl open"*) ok "refused while held, the holder named: $st" ;;
+	*) nok "status text does not name the holder pid $holder (sleep): '$st'" ;;
+	esac
+	eq "the old driver still runs" "$(cat /sys/module/nvidia/version 2>&1)" 550.54.14
+	eq "nvidia-driverd.service stays active" "$(prop nvidia-driverd ActiveState)" active
+	eq "nvidia-persistenced runs again" "$(prop nvidia-persistenced ActiveState)" active
+	plain_journal "the holder named" "pid $holder \(sleep\) has /dev/nvidiactl open"
+	health=$(bash -c 'exec 3<>/dev/tcp/127.0.0.1/9402 && printf "GET /healthz HTTP/1.0\r\n\r\n" >&3 && head -1 <&3' 2>&1)
+	case $health in *" 200 "*) ok "still ready: /healthz $health" ;; *) nok "/healthz: $health" ;; esac
+	kill $holder
+	wait $holder 2>/dev/null
+	systemctl reload nvidia-driverd
+	st=$(wait_status "driver $next active" 180)
+	case $st in "driver $next active"*) ok "after the holder left: $st" ;; *) nok "status text after the second reload: '$st'" ;; esac
+	eq "the new driver runs" "$(cat /sys/module/nvidia/version 2>&1)" "$next"
+	for m in nvidia_modeset nvidia_uvm nvidia_drm; do
+		eq "$m $next loaded" "$(cat /sys/module/$m/version 2>&1)" "$next"
+	done
+	eq "the daemon was not restarted" "$(prop nvidia-driverd MainPID)" "$dpid"
+	eq "kubelet kept running" "$(prop kubelet MainPID)" "$kpid"
+	eq "nvidia-persistenced active" "$(prop nvidia-persistenced ActiveState)" active
+	plain_journal "the reload read the new driver-version" "^configuration reloaded: driver-version 550\.54\.14 -> $next"
+	plain_journal "the old modules unloaded, nvidia last" "^driver activated: $next .*; unloaded nvidia_[a-z_]+ nvidia_[a-z_]+ nvidia_[a-z_]+ nvidia\$"
+	for step in unload firmware libraries modules devices persistenced; do
+		plain_journal "step $step" "^step started: $step\$"
+	done
+	;;
+deactivate)
+	driver_usable
+	if out=$(/opt/bin/nvidia-driverd deactivate 2>&1); then ok "deactivate: $(echo "$out" | tail -1)"; else nok "deactivate failed: $out"; fi
+	eq "nvidia-persistenced stopped" "$(prop nvidia-persistenced ActiveState)" inactive
+	for m in nvidia nvidia_modeset nvidia_uvm nvidia_drm; do
+		eq "$m unloaded" "$(test -e /sys/module/$m/initstate && echo loaded || echo absent)" absent
+	done
+	for d in nvidiactl nvidia-modeset nvidia-uvm nvidia-uvm-tools; do
+		check "/dev/$d removed" test ! -e /dev/$d
+	done
+	check "the ld.so.conf.d drop-in removed" test ! -e /etc/ld.so.conf.d/nvidia-driverd.conf
+	check "libcuda.so.1 no longer in ldconfig -p" sh -c "! ldconfig -p | grep -q 'libcuda.so.1 '"
+	check "no CDI spec" sh -c "! ls /var/run/cdi/*nvidia* 2>/dev/null | grep -q ."
+	check "the store is kept" test -L /opt/nvidia/current
+	if out=$(/opt/bin/nvidia-driverd activate 2>&1); then ok "activate: $(echo "$out" | tail -1)"; else nok "activate failed: $out"; fi
+	eq "nvidia back" "$(cat /sys/module/nvidia/version 2>&1)" 550.54.14
+	check "/dev/nvidiactl back" test -c /dev/nvidiactl
+	check "the drop-in back" test -e /etc/ld.so.conf.d/nvidia-driverd.conf
+	check "libcuda.so.1 in ldconfig -p again" sh -c "ldconfig -p | grep -q 'libcuda.so.1 '"
+	eq "nvidia-persistenced active again" "$(prop nvidia-persistenced ActiveState)" active
+	;;
 real-nogpu)
 	eq "nvidia-driverd.service is active" "$(prop nvidia-driverd ActiveState)" active
 	st=$(prop nvidia-driverd StatusText)
@@ -365,13 +438,22 @@ real-load)
 	esac
 	plain_journal "the refusal with NVRM lines" "load module nvidia: .*the kernel said: .*NVRM:"
 	echo "info kernel: $(journalctl -b -k -o cat | grep NVRM | head -3 | tr '\n' '|')"
-	undone=$(journalctl -b -u nvidia-driverd -o cat | sed -n 's/^failed activation undone: unloaded //p' | head -1)
-	case " $undone " in
-	*" drm "*) ok "the in-tree prerequisites it loaded were unloaded again: $undone" ;;
-	*) nok "no undo naming drm (nvidia.ko's depends=): '$undone'" ;;
+	# What the daemon loaded for the driver goes again; what the host had
+	# loaded before (systemd's modprobe@drm.service loads drm at boot)
+	# stays. Between them they cover nvidia.ko's depends=drm.
+	line=$(journalctl -b -u nvidia-driverd -o cat | grep -m1 '^failed activation undone: ')
+	undone=$(echo "$line" | sed -n 's/^failed activation undone: unloaded \([^;]*\).*/\1/p')
+	kept=$(echo "$line" | sed -n 's/.*; kept \(.*\), loaded before$/\1/p')
+	if [ -n "$undone" ]; then ok "$line"; else nok "no prerequisites unloaded: '$line'"; fi
+	case " $undone $kept " in
+	*" drm "*) ok "drm (nvidia.ko's depends=) resolved from modules.dep" ;;
+	*) nok "drm is neither unloaded nor kept: '$line'" ;;
 	esac
 	for m in $undone; do
 		check "$m is unloaded" test ! -e /sys/module/$m/initstate
+	done
+	for m in $kept; do
+		check "$m, loaded before the daemon, is kept" test -e /sys/module/$m/initstate
 	done
 	eq "nvidia not loaded" "$(test -e /sys/module/nvidia/initstate && echo loaded || echo absent)" absent
 	check "no ld.so.conf.d drop-in (real-libs' one removed)" test ! -e /etc/ld.so.conf.d/nvidia-driverd.conf

@@ -11,6 +11,10 @@
 #   first-boot (1)     no driver installed: pulled from the guest registry,
 #                      installed, modules loaded, READY=1, kubelet after it
 #   reboot (2)         same disk, registry stopped: ready without a download
+#   upgrade            a live driver upgrade: driver-version changed and
+#                      systemctl reload; refused (holder named) while a
+#                      process holds /dev/nvidiactl, done once it has gone
+#   deactivate         deactivate, then activate, on the running system
 #   rollback (8)       a newer driver whose nvidia.ko fails init: rolled back
 #                      in the same boot, keep-previous loads the old one
 #   osupdate (3)       same disk booted into the -rt kernel with a bumped
@@ -55,7 +59,7 @@
 . "$(dirname "$0")/lib.sh"
 need_root "$@"
 need qemu-system-x86 perl bc python3
-ORDER="first-boot reboot rollback osupdate keep-previous noimage badmagic powercut prefetch kernel-prefetch"
+ORDER="first-boot reboot upgrade deactivate rollback osupdate keep-previous noimage badmagic powercut prefetch kernel-prefetch"
 REAL_ORDER="real-nogpu real-libs real-load"
 want=" "
 for a in "${@:-$ORDER}"; do
@@ -221,6 +225,20 @@ scenario() {
 		needs first-boot
 		s=$(share reboot) # no registry.tar: no registry
 		boot "$run/disk-pair.img" "$s" reboot && st=0 || st=1
+		;;
+	upgrade)
+		needs first-boot
+		# The running 550 is replaced by 560 without a reboot; the
+		# registry has the new image.
+		s=$(share upgrade)
+		registry "$s" "$run/driver/tree-next 12 $release $BROKEN_VERSION"
+		echo "$BROKEN_VERSION" >"$s/next-version"
+		boot "$run/disk-pair.img" "$s" upgrade snapshot && st=0 || st=1
+		;;
+	deactivate)
+		needs first-boot
+		s=$(share deactivate)
+		boot "$run/disk-pair.img" "$s" deactivate snapshot && st=0 || st=1
 		;;
 	rollback)
 		needs first-boot
