@@ -322,7 +322,9 @@ upgrade)
 	holder=$!
 	sed -i "s/^driver-version: .*/driver-version: $next/" /etc/nvidia-driverd/config.yaml
 	systemctl reload nvidia-driverd
+	echo "info systemctl reload: exit $?"
 	st=$(wait_status "re-check failed" 120)
+	journalctl -b -o short-monotonic -u nvidia-driverd >$S/journal-driverd-reload1.txt 2>&1
 	case $st in
 	*"pid $holder (sleep) has /dev/nvidiactl open"*) ok "refused while held, the holder named: $st" ;;
 	*) nok "status text does not name the holder pid $holder (sleep): '$st'" ;;
@@ -336,7 +338,8 @@ upgrade)
 	kill $holder
 	wait $holder 2>/dev/null
 	systemctl reload nvidia-driverd
-	st=$(wait_status "driver $next active" 180)
+	st=$(wait_status "driver $next active" 120)
+	journalctl -b -o short-monotonic -u nvidia-driverd >$S/journal-driverd-reload2.txt 2>&1
 	case $st in "driver $next active"*) ok "after the holder left: $st" ;; *) nok "status text after the second reload: '$st'" ;; esac
 	eq "the new driver runs" "$(cat /sys/module/nvidia/version 2>&1)" "$next"
 	for m in nvidia_modeset nvidia_uvm nvidia_drm; do
