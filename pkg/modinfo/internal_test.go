@@ -3,6 +3,9 @@ package modinfo
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"math/big"
 	"strings"
 	"testing"
 
@@ -88,8 +91,8 @@ func TestPKCS7Algorithms(t *testing.T) {
 	t.Parallel()
 	t.Run("garbage and truncated DER give empty names", func(t *testing.T) {
 		for _, der := range [][]byte{nil, {0x30}, {0x30, 0x03, 0x06, 0x01, 0x00}, []byte("not DER at all")} {
-			if a, h := pkcs7Algorithms(der); a != "" || h != "" {
-				t.Errorf("pkcs7Algorithms(%x) = %q, %q; want empty", der, a, h)
+			if a, h, s, k := pkcs7SignerInfo(der); a != "" || h != "" || s != "" || k != "" {
+				t.Errorf("pkcs7SignerInfo(%x) = %q, %q, %q, %q; want empty", der, a, h, s, k)
 			}
 		}
 	})
@@ -106,5 +109,33 @@ func TestModuleName(t *testing.T) {
 		if _, ok := ModuleName(in); ok {
 			t.Errorf("ModuleName(%q) accepted", in)
 		}
+	}
+}
+
+func TestSignerOf(t *testing.T) {
+	issuer, err := asn1.Marshal(pkix.Name{CommonName: "e2e throwaway key", Organization: []string{"nvidia-driverd"}}.ToRDNSequence())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ias, err := asn1.Marshal(struct {
+		Issuer asn1.RawValue
+		Serial *big.Int
+	}{asn1.RawValue{FullBytes: issuer}, big.NewInt(0x1234abcd)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sid asn1.RawValue
+	if _, err := asn1.Unmarshal(ias, &sid); err != nil {
+		t.Fatal(err)
+	}
+	if signer, id := signerOf(sid); signer != "e2e throwaway key" || id != "1234abcd" {
+		t.Errorf("issuerAndSerialNumber: %q, %q", signer, id)
+	}
+	skid := asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, Bytes: []byte{0xde, 0xad}}
+	if signer, id := signerOf(skid); signer != "" || id != "dead" {
+		t.Errorf("subjectKeyIdentifier: %q, %q", signer, id)
+	}
+	if signer, id := signerOf(asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagInteger}); signer != "" || id != "" {
+		t.Errorf("junk: %q, %q", signer, id)
 	}
 }

@@ -1,10 +1,13 @@
 package modinfo
 
 import (
+	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io"
+	"math/big"
 	"strings"
 )
 
@@ -27,6 +30,13 @@ type Signature struct {
 	KeyIDLen  int
 	// Length is the signature's length in bytes (sig_len).
 	Length int
+	// Signer and KeyID identify the key a PKCS#7 signature was made with,
+	// from its SignerInfo: the issuer's common name (or organisation) and
+	// the certificate's serial number in lower-case hex, as sign-file
+	// writes them; or, for a signer named by subject key identifier, an
+	// empty Signer and the identifier in hex. Empty when the signature
+	// cannot be parsed.
+	Signer, KeyID string
 }
 
 const (
@@ -87,7 +97,7 @@ func readSignature(r io.ReaderAt, size int64) (*Signature, int64, error) {
 			if _, err := r.ReadAt(blob, rest-int64(sig.Length)); err != nil {
 				return nil, 0, fmt.Errorf("read module signature: %w", err)
 			}
-			sig.Algorithm, sig.Hash = pkcs7Algorithms(blob)
+			sig.Algorithm, sig.Hash, sig.Signer, sig.KeyID = pkcs7SignerInfo(blob)
 		}
 	} else {
 		sig.Algorithm = pkeyAlgoName(raw[0])
@@ -191,7 +201,7 @@ func oidName(oid asn1.ObjectIdentifier) string {
 // oidSignedData is the PKCS#7/CMS signedData content type.
 const oidSignedData = "1.2.840.113549.1.7.2"
 
-// pkcs7Algorithms returns the public-key and digest algorithm names of the
+// pkcs7SignerInfo returns the public-key and digest algorithm names of the
 // first SignerInfo in a DER PKCS#7 (CMS) signedData blob, or two empty
 // strings when der is not one. It reads only the structure it needs:
 //
@@ -201,65 +211,99 @@ const oidSignedData = "1.2.840.113549.1.7.2"
 //	    [1] crls OPTIONAL, signerInfos SET OF SignerInfo }
 //	SignerInfo ::= SEQUENCE { version, sid, digestAlgorithm,
 //	    [0] signedAttrs OPTIONAL, signatureAlgorithm, signature, ... }
-func pkcs7Algorithms(der []byte) (algorithm, hash string) {
+//
+// It also returns the signer the SignerInfo's sid names (see
+// Signature.Signer and KeyID).
+func pkcs7SignerInfo(der []byte) (algorithm, hash, signer, keyID string) {
 	ci, _, ok := nextElem(der, asn1.ClassUniversal, asn1.TagSequence)
 	if !ok {
-		return "", ""
+		return "", "", "", ""
 	}
 	var contentType asn1.ObjectIdentifier
 	rest, err := asn1.Unmarshal(ci, &contentType)
 	if err != nil || contentType.String() != oidSignedData {
-		return "", ""
+		return "", "", "", ""
 	}
 	explicit, _, ok := nextElem(rest, asn1.ClassContextSpecific, 0)
 	if !ok {
-		return "", ""
+		return "", "", "", ""
 	}
 	sd, _, ok := nextElem(explicit, asn1.ClassUniversal, asn1.TagSequence)
 	if !ok {
-		return "", ""
+		return "", "", "", ""
 	}
 	// Skip version, digestAlgorithms and encapContentInfo, then any
 	// context-specific certificates or crls.
 	for range 3 {
 		if _, sd, ok = skipElem(sd); !ok {
-			return "", ""
+			return "", "", "", ""
 		}
 	}
 	var v asn1.RawValue
 	for {
 		if v, sd, ok = skipElem(sd); !ok {
-			return "", ""
+			return "", "", "", ""
 		}
 		if v.Class != asn1.ClassContextSpecific {
 			break
 		}
 	}
 	if v.Class != asn1.ClassUniversal || v.Tag != asn1.TagSet {
-		return "", ""
+		return "", "", "", ""
 	}
 	si, _, ok := nextElem(v.Bytes, asn1.ClassUniversal, asn1.TagSequence)
 	if !ok {
-		return "", ""
+		return "", "", "", ""
 	}
-	// Skip version and sid.
-	for range 2 {
-		if _, si, ok = skipElem(si); !ok {
-			return "", ""
-		}
+	// Skip version; read sid.
+	if _, si, ok = skipElem(si); !ok {
+		return "", "", "", ""
 	}
+	var sid asn1.RawValue
+	if sid, si, ok = skipElem(si); !ok {
+		return "", "", "", ""
+	}
+	signer, keyID = signerOf(sid)
 	digestAlg, si, ok := algorithmOID(si)
 	if !ok {
-		return "", ""
+		return "", "", "", ""
 	}
 	if v, rest, ok := skipElem(si); ok && v.Class == asn1.ClassContextSpecific && v.Tag == 0 {
 		si = rest // signedAttrs
 	}
 	sigAlg, _, ok := algorithmOID(si)
 	if !ok {
+		return "", "", "", ""
+	}
+	return oidName(sigAlg), oidName(digestAlg), signer, keyID
+}
+
+// signerOf reads a SignerInfo's sid: issuerAndSerialNumber ::= SEQUENCE
+// { issuer Name, serialNumber INTEGER }, or [0] SubjectKeyIdentifier.
+func signerOf(sid asn1.RawValue) (signer, keyID string) {
+	if sid.Class == asn1.ClassContextSpecific && sid.Tag == 0 {
+		return "", hex.EncodeToString(sid.Bytes)
+	}
+	if sid.Class != asn1.ClassUniversal || sid.Tag != asn1.TagSequence {
 		return "", ""
 	}
-	return oidName(sigAlg), oidName(digestAlg)
+	var ias struct {
+		Issuer asn1.RawValue
+		Serial *big.Int
+	}
+	if _, err := asn1.Unmarshal(sid.FullBytes, &ias); err != nil || ias.Serial == nil {
+		return "", ""
+	}
+	var rdn pkix.RDNSequence
+	if _, err := asn1.Unmarshal(ias.Issuer.FullBytes, &rdn); err == nil {
+		var name pkix.Name
+		name.FillFromRDNSequence(&rdn)
+		signer = name.CommonName
+		if signer == "" && len(name.Organization) > 0 {
+			signer = name.Organization[0]
+		}
+	}
+	return signer, hex.EncodeToString(ias.Serial.Bytes())
 }
 
 // skipElem returns the first DER element of b and the bytes after it.
