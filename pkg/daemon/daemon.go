@@ -340,6 +340,13 @@ func orUnset(v string) string {
 // not ready only when the wanted driver is in fact no longer loaded.
 func (d *Daemon) recheckFailed(err error) {
 	d.Log.Error("re-check failed", zap.Error(err))
+	if errors.Is(err, engine.ErrRebootNeeded) {
+		// Nothing was changed on the running system: the driver that
+		// was ready is loaded and in use, so it stays ready.
+		d.Metrics.Reconciled()
+		d.notify(d.Notify.Ready("re-check failed, previous state kept: " + err.Error()))
+		return
+	}
 	perr := d.Look(func(a engine.Assessment) error {
 		if a.Decision.Action != engine.ActionNone {
 			d.Metrics.NotReady() // what `status --ready` would say too

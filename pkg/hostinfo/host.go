@@ -29,6 +29,7 @@ const (
 	pciDevicesPath    = "/sys/bus/pci/devices"
 	lockdownPath      = "/sys/kernel/security/lockdown"
 	sigEnforcePath    = "/sys/module/module/parameters/sig_enforce"
+	cmdlinePath       = "/proc/cmdline"
 	devDir            = "/dev"
 
 	limitAttr       = 64 << 10 // a sysfs or procfs attribute, os-release, GPU information

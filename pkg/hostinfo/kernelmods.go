@@ -150,7 +150,16 @@ func (h *Host) ModuleSigning() (bool, string) {
 		why = append(why, "lockdown="+mode)
 	}
 	if s, err := h.readTrimmed(sigEnforcePath); err == nil && (s == "Y" || s == "1") {
-		why = append(why, "module.sig_enforce=Y")
+		// Set on the command line, or built in (CONFIG_MODULE_SIG_FORCE).
+		from := "built into the kernel"
+		if cmdline, err := h.readTrimmed(cmdlinePath); err == nil {
+			for _, w := range strings.Fields(cmdline) {
+				if strings.HasPrefix(w, "module.sig_enforce=") {
+					from = w + " on the kernel command line"
+				}
+			}
+		}
+		why = append(why, "module.sig_enforce=Y, "+from)
 	}
 	return len(why) > 0, strings.Join(why, ", ")
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nvidia-driverd/nvidia-driverd/pkg/modinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,6 +23,8 @@ func (p *planner) explain(n *node, flags int, err error, said string) error {
 	var errno unix.Errno
 	errors.As(err, &errno)
 	switch {
+	case (errno == unix.EKEYREJECTED || errno == unix.ENOKEY) && p.sigs[name] != nil:
+		return fmt.Errorf("load module %s: %s: %w: %s%s: %w", name, path, ErrUnsigned, p.untrusted(p.sigs[name]), said, err)
 	case errno == unix.EKEYREJECTED:
 		return fmt.Errorf("load module %s: %s: %w, or signed with a key the kernel does not trust%s: %w", name, path, ErrUnsigned, said, err)
 	case errno == unix.EPERM && p.enforced:
@@ -30,6 +33,36 @@ func (p *planner) explain(n *node, flags int, err error, said string) error {
 		return fmt.Errorf("load module %s: %s: the kernel cannot load compressed modules (needs Linux 5.17+ with CONFIG_MODULE_DECOMPRESS)%s: %w", name, path, said, err)
 	}
 	return fmt.Errorf("load module %s: %s: %s%s: %w", name, path, p.meaning(n, errno), said, err)
+}
+
+// untrusted says whom sig names as its signer and which keys the kernel
+// trusts instead, for a signature the kernel refused.
+func (p *planner) untrusted(sig *modinfo.Signature) string {
+	who := "an unnamed key"
+	switch {
+	case sig.Signer != "" && sig.KeyID != "":
+		who = fmt.Sprintf("%q (key id %s)", sig.Signer, sig.KeyID)
+	case sig.KeyID != "":
+		who = "key id " + sig.KeyID
+	}
+	return fmt.Sprintf("signed by %s, which the kernel does not trust; it trusts %s", who, p.trustedKeys())
+}
+
+// trustedKeys names the keys the kernel checks module signatures against,
+// each quoted with its keyring.
+func (p *planner) trustedKeys() string {
+	keys := p.req.Host.TrustedKeys()
+	if len(keys) == 0 {
+		return "no key /proc/keys lists"
+	}
+	names := make([]string, len(keys))
+	for i, k := range keys {
+		names[i] = strconv.Quote(k.Description)
+		if k.Keyring != "" {
+			names[i] += " in " + k.Keyring
+		}
+	}
+	return strings.Join(names, ", ")
 }
 
 // kernelSaidMax is how many kernel log lines a load error quotes.
@@ -50,6 +83,7 @@ func (p *planner) kernelSaid(name string, start time.Duration) string {
 			return false
 		}
 		return strings.Contains(text, "NVRM:") || strings.HasPrefix(text, name+": ") ||
+			strings.HasPrefix(text, "Loading of ") || // the signature check's verdict
 			strings.HasPrefix(text, strings.ReplaceAll(name, "_", "-")+": ")
 	}, kernelSaidMax)
 	if err != nil || len(msgs) == 0 {

@@ -87,6 +87,10 @@ func (p *planner) verify(step Step, f *os.File, size int64) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("check module %s: %s: %w", step.Name, step.Path, err)
 	}
+	if p.sigs == nil {
+		p.sigs = map[string]*modinfo.Signature{}
+	}
+	p.sigs[step.Name] = info.Signature
 	return 0, p.check(step.Name, step.Path, info)
 }
 

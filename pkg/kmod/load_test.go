@@ -105,7 +105,7 @@ func TestLoad(t *testing.T) {
 		f.write("sys/module/module/parameters/sig_enforce", "Y\n")
 		k := fakeKernel(f.root, nil)
 		_, err := Load(k, f.req)
-		if !errors.Is(err, ErrUnsigned) || !strings.Contains(err.Error(), "unsigned module under Secure Boot/lockdown (module.sig_enforce=Y)") {
+		if !errors.Is(err, ErrUnsigned) || !strings.Contains(err.Error(), "unsigned module under Secure Boot/lockdown (module.sig_enforce=Y, built into the kernel): the module has no signature") {
 			t.Errorf("err %v, want ErrUnsigned", err)
 		}
 		if len(k.Calls()) != 0 {

@@ -76,12 +76,13 @@ const (
 // planner resolves a Request into nodes in load order.
 type planner struct {
 	req      Request
-	tree     map[string]string     // driver tree module files by name
-	host     *hostinfo.ModuleIndex // read on first need
-	modprobe map[string][]string   // modprobe.d options by module
-	config   map[string][]string   // configured parameters by module
-	enforced bool                  // unsigned modules are refused
-	why      string                // why they are, for messages
+	tree     map[string]string             // driver tree module files by name
+	host     *hostinfo.ModuleIndex         // read on first need
+	modprobe map[string][]string           // modprobe.d options by module
+	config   map[string][]string           // configured parameters by module
+	enforced bool                          // unsigned modules are refused
+	sigs     map[string]*modinfo.Signature // tree modules' signatures, by name, as verified
+	why      string                        // why they are, for messages
 	state    map[string]int
 	byName   map[string]*node
 	nodes    []*node // load order

@@ -72,8 +72,8 @@ func (p *planner) check(name, path string, info *modinfo.Info) error {
 		return fmt.Errorf("check module %s: %s: %w", name, path, err)
 	}
 	if p.enforced && info.Signature == nil {
-		return fmt.Errorf("check module %s: %s: %w (%s): the module has no signature, so the kernel would refuse it; not trying",
-			name, path, ErrUnsigned, p.why)
+		return fmt.Errorf("check module %s: %s: %w (%s): the module has no signature, so the kernel would refuse it; not trying (the kernel trusts %s)",
+			name, path, ErrUnsigned, p.why, p.trustedKeys())
 	}
 	return nil
 }

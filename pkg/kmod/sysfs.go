@@ -30,6 +30,8 @@ type Host interface {
 	// KernelLog reads the kernel log's records since a time (what a
 	// failed finit_module made the module say).
 	KernelLog(since time.Duration, keep func(string) bool, max int) ([]hostinfo.KernelMessage, error)
+	// TrustedKeys lists the keys module signatures are checked against.
+	TrustedKeys() []hostinfo.TrustedKey
 }
 
 var _ Host = (*hostinfo.Host)(nil)

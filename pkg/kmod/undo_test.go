@@ -1,6 +1,7 @@
 package kmod
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -49,6 +50,20 @@ func TestLoadQuotesTheKernel(t *testing.T) {
 		if strings.Contains(err.Error(), not) {
 			t.Errorf("error %q quotes an unrelated line (%s)", err, not)
 		}
+	}
+}
+
+func TestUntrustedSignerIsNamed(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	f.standardTree(true) // signed, by kofixture's key
+	f.standardHost()
+	f.write("sys/module/module/parameters/sig_enforce", "Y\n")
+	f.write("proc/keys", "0f0ba0b6 I------     1 perm 1f030000     0     0 asymmetri Debian Secure Boot CA: 6ccece7e: X509.rsa 6ccece7e []\n")
+	_, err := Load(fakeKernel(f.root, map[string]error{"nvidia": unix.EKEYREJECTED}), f.req)
+	want := `signed by key id 22c06ce381db0c64eb45d08a33a906addd267cc2, which the kernel does not trust; it trusts "Debian Secure Boot CA: 6ccece7e"`
+	if !errors.Is(err, ErrUnsigned) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err %v\nwant it to say %s", err, want)
 	}
 }
 
