@@ -26,7 +26,7 @@ func (p *planner) explain(n *node, flags int, err error, said string) error {
 	case (errno == unix.EKEYREJECTED || errno == unix.ENOKEY) && p.sigs[name] != nil:
 		return fmt.Errorf("load module %s: %s: %w: %s%s: %w", name, path, ErrUnsigned, p.untrusted(p.sigs[name]), said, err)
 	case errno == unix.EKEYREJECTED:
-		return fmt.Errorf("load module %s: %s: %w, or signed with a key the kernel does not trust%s: %w", name, path, ErrUnsigned, said, err)
+		return fmt.Errorf("load module %s: %s: %w (unsigned, or signed with a key it does not trust)%s: %w", name, path, ErrUnsigned, said, err)
 	case errno == unix.EPERM && p.enforced:
 		return fmt.Errorf("load module %s: %s: %w (%s)%s: %w", name, path, ErrUnsigned, p.why, said, err)
 	case flags&compressedFile != 0 && (errno == unix.EOPNOTSUPP || errno == unix.EINVAL):

@@ -105,7 +105,7 @@ func TestLoad(t *testing.T) {
 		f.write("sys/module/module/parameters/sig_enforce", "Y\n")
 		k := fakeKernel(f.root, nil)
 		_, err := Load(k, f.req)
-		if !errors.Is(err, ErrUnsigned) || !strings.Contains(err.Error(), "unsigned module under Secure Boot/lockdown (module.sig_enforce=Y, built into the kernel): the module has no signature") {
+		if !errors.Is(err, ErrUnsigned) || !strings.Contains(err.Error(), "module not signed by a key the kernel trusts (module.sig_enforce=Y, built into the kernel): the module has no signature") {
 			t.Errorf("err %v, want ErrUnsigned", err)
 		}
 		if len(k.Calls()) != 0 {
@@ -160,8 +160,8 @@ func TestLoadErrors(t *testing.T) {
 		{name: "ENODEV says no GPU the module can drive", module: "nvidia", errno: unix.ENODEV, want: "no NVIDIA GPU the module can drive"},
 		{name: "ENOENT names the dependency that is not loaded", module: "nvidia", errno: unix.ENOENT, noSysfs: true, want: "unknown symbol: dependency ipmi_devintf is not loaded"},
 		{name: "ENOENT with every dependency loaded points at dmesg", module: "nvidia_drm", errno: unix.ENOENT, want: "unknown symbol (see dmesg)"},
-		{name: "EKEYREJECTED is a signature refusal", module: "nvidia", errno: unix.EKEYREJECTED, want: "unsigned module under Secure Boot/lockdown", unsigned: true},
-		{name: "EPERM under lockdown is a signature refusal", module: "nvidia", errno: unix.EPERM, enforce: true, want: "unsigned module under Secure Boot/lockdown (lockdown=integrity)", unsigned: true},
+		{name: "EKEYREJECTED is a signature refusal", module: "nvidia", errno: unix.EKEYREJECTED, want: "module not signed by a key the kernel trusts", unsigned: true},
+		{name: "EPERM under lockdown is a signature refusal", module: "nvidia", errno: unix.EPERM, enforce: true, want: "module not signed by a key the kernel trusts (lockdown=integrity)", unsigned: true},
 		{name: "EPERM without enforcement is about privileges", module: "nvidia", errno: unix.EPERM, want: "CAP_SYS_MODULE"},
 		{name: "EBUSY says retry", module: "nvidia_uvm", errno: unix.EBUSY, want: "busy"},
 		{name: "EAGAIN says retry", module: "nvidia_uvm", errno: unix.EAGAIN, want: "busy"},

@@ -58,7 +58,7 @@ var ErrOtherVersion = errors.New("another version is loaded")
 
 // ErrUnsigned is wrapped by the error of Plan and Load when the kernel
 // refuses, or would refuse, a module for want of a trusted signature.
-var ErrUnsigned = errors.New("unsigned module under Secure Boot/lockdown")
+var ErrUnsigned = errors.New("module not signed by a key the kernel trusts")
 
 // node is a module in the dependency graph.
 type node struct {

@@ -11,6 +11,8 @@
 #   OUT/tree-broken   driver BROKEN_VERSION whose nvidia.ko fails init
 #                     (its modprobe.d sets the stub's e2e_fail_init=1)
 #   OUT/tree-next     driver BROKEN_VERSION, working: a live upgrade's target
+#   OUT/tree-signed   the modules signed by a throwaway key (its serial in
+#                     OUT/signing-serial) that the kernel does not trust
 . "$(dirname "$0")/lib.sh"
 [ $# = 2 ] || die "usage: build-driver.sh RELEASE OUT"
 need_root "$@"
@@ -102,4 +104,31 @@ tree "$out/tree-broken" "$broken" "$BROKEN_VERSION"
 echo "options nvidia NVreg_EnableMSI=0 e2e_fail_init=1" >"$out/tree-broken/etc/modprobe.d/nvidia.conf"
 # The same newer driver, working: what a live upgrade moves to.
 tree "$out/tree-next" "$broken" "$BROKEN_VERSION"
+
+# The modules signed with a throwaway key the kernel does not trust, by
+# the kernel's own sign-file from the build root.
+signkey=$CACHE/e2e-signing-key.pem
+if [ ! -s "$signkey" ]; then
+	need openssl
+	openssl req -new -nodes -utf8 -sha256 -days 36500 -batch -x509 -newkey rsa:2048 \
+		-subj "/CN=nvidia-driverd e2e throwaway key/O=nvidia-driverd e2e" \
+		-keyout "$signkey.tmp" -out "$signkey.tmp.crt" 2>/dev/null
+	cat "$signkey.tmp" "$signkey.tmp.crt" >"$signkey.new"
+	rm -f "$signkey.tmp" "$signkey.tmp.crt"
+	mv "$signkey.new" "$signkey"
+fi
+signfile=$(cd "$root" && ls -d usr/lib/linux-kbuild-*/scripts/sign-file | head -n 1)
+[ -n "$signfile" ] || die "no sign-file in the build root's linux-kbuild"
+signed=$out/ko-signed
+rm -rf "$signed"
+mkdir -p "$signed" "$root/tmp/sign.$$"
+cp "$signkey" "$root/tmp/sign.$$/key.pem"
+for f in "$ko"/*.ko; do
+	cp "$f" "$root/tmp/sign.$$/"
+	in_root "$root" "/$signfile" sha256 "/tmp/sign.$$/key.pem" "/tmp/sign.$$/key.pem" "/tmp/sign.$$/${f##*/}"
+	mv "$root/tmp/sign.$$/${f##*/}" "$signed/"
+done
+rm -rf "${root:?}/tmp/sign.$$"
+tree "$out/tree-signed" "$signed"
+openssl x509 -in "$signkey" -noout -serial | sed 's/^serial=//' | tr 'A-F' 'a-f' | sed 's/^0*//' >"$out/signing-serial"
 log "driver trees in $out (bad vermagic: $fake)"

@@ -375,6 +375,65 @@ deactivate)
 	check "libcuda.so.1 in ldconfig -p again" sh -c "ldconfig -p | grep -q 'libcuda.so.1 '"
 	eq "nvidia-persistenced active again" "$(prop nvidia-persistenced ActiveState)" active
 	;;
+overlay)
+	driver_usable
+	for dir in /usr/lib64 /opt/bin; do
+		opts=$(findmnt -rn -t overlay -T $dir -o OPTIONS | head -1)
+		case ,$opts, in
+		*,ro,*) ok "$dir is a read-only overlay ($opts)" ;;
+		*) nok "$dir is not a read-only overlay: '$opts'" ;;
+		esac
+	done
+	# Seen from this unit (e2e.service), not only from the daemon's.
+	p=$(ldconfig -p | awk '$1 == "libcuda.so.1" {print $NF; exit}')
+	eq "libcuda.so.1 resolves through /usr/lib64" "$p" /usr/lib64/libcuda.so.1
+	check "nvidia-smi in /opt/bin for other services" test -x /opt/bin/nvidia-smi
+	check "the daemon's own binary still there" test -x /opt/bin/nvidia-driverd
+	if touch /usr/lib64/e2e-write 2>/dev/null; then nok "/usr/lib64 is writable"; else ok "/usr/lib64 refuses writes"; fi
+	n1=$(findmnt -rn -t overlay | wc -l)
+	systemctl restart nvidia-driverd
+	eq "active again after a restart" "$(prop nvidia-driverd ActiveState)" active
+	eq "no overlay stacked by the restart" "$(findmnt -rn -t overlay | wc -l)" "$n1"
+	if out=$(/opt/bin/nvidia-driverd deactivate 2>&1); then ok "deactivate: $(echo "$out" | tail -1)"; else nok "deactivate: $out"; fi
+	eq "no overlay left" "$(findmnt -rn -t overlay | wc -l)" 0
+	check "nvidia-smi gone from /opt/bin" test ! -e /opt/bin/nvidia-smi
+	check "libcuda.so.1 gone from the linker cache" sh -c "! ldconfig -p | grep -q 'libcuda.so.1 '"
+	check "the daemon's own binary kept" test -x /opt/bin/nvidia-driverd
+	;;
+sig-unsigned)
+	eq "booted with module.sig_enforce=1" "$(grep -o 'module.sig_enforce=1' /proc/cmdline)" module.sig_enforce=1
+	eq "the kernel enforces signatures" "$(cat /sys/module/module/parameters/sig_enforce)" Y
+	state=$(prop nvidia-driverd ActiveState)
+	if [ "$state" != active ]; then ok "nvidia-driverd not ready ($state)"; else nok "nvidia-driverd became active"; fi
+	st=$(prop nvidia-driverd StatusText)
+	case $st in
+	*"module not signed by a key the kernel trusts (module.sig_enforce=Y, module.sig_enforce=1 on the kernel command line): the module has no signature, so the kernel would refuse it; not trying (the kernel trusts "*) ok "status text: $st" ;;
+	*) nok "status text does not give the diagnosis: '$st'" ;;
+	esac
+	if journalctl -b -k -o cat | grep -q 'Loading of unsigned module is rejected'; then
+		nok "the kernel was asked to load an unsigned module"
+	else
+		ok "refused before finit_module: the kernel never saw the unsigned module"
+	fi
+	eq "nvidia not loaded" "$(test -e /sys/module/nvidia/initstate && echo loaded || echo absent)" absent
+	eq "kubelet did not start (Requires=)" "$(prop kubelet ActiveState)" inactive
+	;;
+sig-untrusted)
+	serial=$(cat $S/signing-serial)
+	eq "the kernel enforces signatures" "$(cat /sys/module/module/parameters/sig_enforce)" Y
+	echo "info trusted keys: $(grep asymmetri /proc/keys | tr '\n' '|')"
+	state=$(prop nvidia-driverd ActiveState)
+	if [ "$state" != active ]; then ok "nvidia-driverd not ready ($state)"; else nok "nvidia-driverd became active"; fi
+	st=$(prop nvidia-driverd StatusText)
+	case $st in
+	*"signed by \"nvidia-driverd e2e throwaway key\" (key id $serial), which the kernel does not trust; it trusts \""*) ok "status text: $st" ;;
+	*) nok "status text does not name the signer, key id $serial and the trusted keys: '$st'" ;;
+	esac
+	plain_journal "the kernel's own verdict quoted" "the kernel said: .*Loading of module with unavailable key is rejected"
+	eq "nvidia not loaded" "$(test -e /sys/module/nvidia/initstate && echo loaded || echo absent)" absent
+	eq "kubelet did not start (Requires=)" "$(prop kubelet ActiveState)" inactive
+	check "the image is remembered as failed" grep -q '"sha256:' /opt/nvidia/state.json
+	;;
 real-nogpu)
 	eq "nvidia-driverd.service is active" "$(prop nvidia-driverd ActiveState)" active
 	st=$(prop nvidia-driverd StatusText)

@@ -27,6 +27,15 @@
 #                      failure-policy fail: STATUS= says why, no kubelet
 #   badmagic (7)       modules whose vermagic differs only in the release:
 #                      refused, though this kernel would load them
+#   sig-unsigned       booted with module.sig_enforce=1: the unsigned stubs
+#                      are refused before finit_module, with the diagnosis
+#   sig-untrusted      the same with stubs signed by a throwaway key: the
+#                      kernel refuses them; the signer, its key id and the
+#                      keys the kernel trusts are named
+#   overlay            library-mode overlay with a Flatcar-like linker
+#                      (/usr/lib64 searched): read-only overlays on
+#                      /usr/lib64 and /opt/bin that other services see, not
+#                      stacked by a restart, removed by deactivate
 #   powercut (6)       the VM is killed while layers stream in from a slow
 #                      registry; the next boot converges to a working driver
 #   prefetch (4)       a Flatcar-like guest: a fake update_engine announces a
@@ -59,7 +68,7 @@
 . "$(dirname "$0")/lib.sh"
 need_root "$@"
 need qemu-system-x86 perl bc python3
-ORDER="first-boot reboot upgrade deactivate rollback osupdate keep-previous noimage badmagic powercut prefetch kernel-prefetch"
+ORDER="first-boot reboot upgrade deactivate rollback osupdate keep-previous noimage badmagic sig-unsigned sig-untrusted overlay powercut prefetch kernel-prefetch"
 REAL_ORDER="real-nogpu real-libs real-load"
 want=" "
 for a in "${@:-$ORDER}"; do
@@ -156,15 +165,17 @@ registry() {
 }
 
 # qemu_cmd DISK SHARE [snapshot]: the guest's command line; $kernel picks
-# the standard kernel ("") or the -rt one ("-rt").
+# the standard kernel ("") or the -rt one ("-rt"), $cmdline adds to the
+# kernel's command line.
 kernel=
+cmdline=
 qemu_cmd() {
 	local disk=$1 s=$2 snap=${3:-} vmlinuz=$image/vmlinuz initrd=$image/initrd.img
 	if [ "$kernel" = -rt ]; then vmlinuz=$image/vmlinuz-rt initrd=$image/initrd-rt.img; fi
 	echo qemu-system-x86_64 -accel tcg -cpu qemu64 -smp 1 -m 1024 \
 		-nic none -display none -monitor none -no-reboot \
 		-kernel "$vmlinuz" -initrd "$initrd" \
-		-append "'root=/dev/vda rw console=ttyS0 quiet panic=-1 systemd.show_status=1'" \
+		-append "'root=/dev/vda rw console=ttyS0 quiet panic=-1 systemd.show_status=1${cmdline:+ $cmdline}'" \
 		-drive "file=$disk,if=virtio,format=raw${snap:+,snapshot=on}" \
 		-virtfs "local,path=$s,mount_tag=share,security_model=none" \
 		-serial "file:$s/console.log"
@@ -213,7 +224,7 @@ needs() { # needs SCENARIO: run it first unless it ran
 scenario() {
 	local s st
 	done_list+="$1 "
-	kernel=
+	kernel= cmdline=
 	case $1 in
 	first-boot)
 		s=$(share first-boot)
@@ -288,6 +299,26 @@ scenario() {
 		tar -C "$seed" --owner=0 --group=0 -cf "$s/store-seed.tar" .
 		cp "$run/driver/fake-release" "$s/fake-release"
 		boot "$image/disk.img" "$s" badmagic snapshot && st=0 || st=1
+		;;
+	overlay)
+		s=$(share overlay)
+		sed -i 's/^library-mode: .*/library-mode: overlay/' "$s/config.yaml"
+		touch "$s/ld-usr-lib64"
+		registry "$s" "$run/driver/tree 12 $release $DRIVER_VERSION"
+		boot "$image/disk.img" "$s" overlay snapshot && st=0 || st=1
+		;;
+	sig-unsigned | sig-untrusted)
+		# The kernel enforces module signatures. The stubs are unsigned,
+		# or signed with a key it does not trust.
+		s=$(share "$1")
+		local tree=$run/driver/tree
+		if [ "$1" = sig-untrusted ]; then
+			tree=$run/driver/tree-signed
+			cp "$run/driver/signing-serial" "$s/signing-serial"
+		fi
+		registry "$s" "$tree 12 $release $DRIVER_VERSION"
+		cmdline=module.sig_enforce=1
+		boot "$image/disk.img" "$s" "$1" snapshot && st=0 || st=1
 		;;
 	powercut)
 		powercut && st=0 || st=1
