@@ -6,8 +6,8 @@ func TestModuleSigning(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		name, lockdown, sigEnforce, cmdline string // "" leaves the file out
-		want                       bool
-		why                        string
+		want                                bool
+		why                                 string
 	}{
 		{name: "a kernel without lockdown or sig_enforce files does not enforce"},
 		{name: "lockdown none does not enforce", lockdown: "[none] integrity confidentiality\n", sigEnforce: "N\n"},
