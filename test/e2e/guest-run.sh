@@ -481,8 +481,9 @@ real-libs)
 	echo "info $(journalctl -b -u nvidia-driverd -o cat | grep -m1 '^fetched')"
 	ready_time
 	;;
-real-load)
+real-load | real-open-load)
 	ver=$(cat $S/real-version)
+	echo "info $(grep '^flavour=' $S/real-manifest.txt 2>/dev/null) driver $ver"
 	# failure-policy fail: the unit fails and is restarted every 15 s;
 	# look between two attempts.
 	i=0
@@ -518,7 +519,7 @@ real-load)
 		check "$m, loaded before the daemon, is kept" test -e /sys/module/$m/initstate
 	done
 	eq "nvidia not loaded" "$(test -e /sys/module/nvidia/initstate && echo loaded || echo absent)" absent
-	check "no ld.so.conf.d drop-in (real-libs' one removed)" test ! -e /etc/ld.so.conf.d/nvidia-driverd.conf
+	check "no ld.so.conf.d drop-in (real-libs' one removed, on its disk)" test ! -e /etc/ld.so.conf.d/nvidia-driverd.conf
 	check "libcuda.so.1 no longer in ldconfig -p" sh -c "! ldconfig -p | grep -q 'libcuda.so.1 '"
 	check "no /dev/nvidiactl" test ! -e /dev/nvidiactl
 	check "no overlay mounts" sh -c "test -z \"\$(findmnt -rn -t overlay)\""

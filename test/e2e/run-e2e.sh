@@ -58,6 +58,8 @@
 #                      prerequisites from modules.dep, then nvidia.ko, which
 #                      refuses a machine without a GPU: STATUS= quotes NVRM,
 #                      the unit fails, everything it loaded or set up undone
+#   real-open-load     the same with NVIDIA's open kernel modules, on a fresh
+#                      disk: pulled, installed, refused by the kernel alike
 #
 # Environment (see README.md): E2E_CACHE (cache dir), E2E_TIMEOUT (seconds
 # per boot, 300), E2E_KEEP=1 (keep the scratch disks), E2E_LIBRARY_MODE
@@ -69,7 +71,7 @@
 need_root "$@"
 need qemu-system-x86 perl bc python3
 ORDER="first-boot reboot upgrade deactivate rollback osupdate keep-previous noimage badmagic sig-unsigned sig-untrusted overlay powercut prefetch kernel-prefetch"
-REAL_ORDER="real-nogpu real-libs real-load"
+REAL_ORDER="real-nogpu real-libs real-load real-open-load"
 want=" "
 for a in "${@:-$ORDER}"; do
 	for s in $a; do
@@ -102,6 +104,11 @@ mkdir -p "$run"
 case $want in *" real-"*)
 	real=$("$E2E_DIR/build-real-driver.sh" "$release")
 	real_version=$(cat "$real/version")
+	;;
+esac
+case $want in *" real-open-"*)
+	real_open=$("$E2E_DIR/build-real-driver.sh" "$release" open)
+	real_open_version=$(cat "$real_open/version")
 	;;
 esac
 log "setup done in $(( $(date +%s) - t0 )) s (image $image, kernels $release, $release_rt)"
@@ -345,6 +352,13 @@ scenario() {
 		registry "$s" "$real/tree 12 $release $real_version"
 		cp --sparse=always "$image/disk.img" "$run/disk-real.img"
 		boot "$run/disk-real.img" "$s" real-libs && st=0 || st=1
+		;;
+	real-open-load)
+		s=$(share real-open-load "$real_open_version")
+		echo "$real_open_version" >"$s/real-version"
+		cp "$real_open/manifest.txt" "$s/real-manifest.txt"
+		registry "$s" "$real_open/tree 12 $release $real_open_version"
+		boot "$image/disk.img" "$s" real-open-load snapshot && st=0 || st=1
 		;;
 	real-load)
 		needs real-libs
