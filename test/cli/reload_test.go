@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ import (
 func TestReloadReadsTheConfig(t *testing.T) {
 	root := host(t, "debian-generic") // no GPU: ready with nothing to do
 	cfg := filepath.Join(root, "etc/nvidia-driverd/config.yaml")
-	var out bytes.Buffer
+	var out lockedBuffer
 	cmd := exec.Command(binary, "--root", root, "--prefetch=false", "run")
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
@@ -54,4 +55,23 @@ func TestReloadReadsTheConfig(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("run: %v\n%s", err, out.String())
 	}
+}
+
+// lockedBuffer is a bytes.Buffer that the command's output copier writes
+// while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
