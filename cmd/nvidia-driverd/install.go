@@ -274,9 +274,14 @@ func newRollbackCommand(g *globals) *cobra.Command {
 				// found out at the next start.
 				if a, err := engine.Assess(h, g.cfg.Config); err == nil {
 					if t := a.Facts.Store.Tree(to); t != nil {
+						moves := a.Decision.Action == engine.ActionSwitch || a.Decision.Action == engine.ActionInstall
 						if fit := engine.Judge(*t, a.Facts.Kernel, g.cfg.Config.Modules); !fit.Matches {
-							fmt.Fprintf(g.stdout, "note: %s does not match the running kernel (%s); the daemon will %s at its next start\n", to, fit.Problem, a.Decision.Action)
-						} else if a.Decision.Action == engine.ActionSwitch || a.Decision.Action == engine.ActionInstall {
+							next := "will " + string(a.Decision.Action) + " at its next start"
+							if !moves {
+								next = "will not use it (" + string(a.Decision.Action) + ": " + a.Decision.Reason + ")"
+							}
+							fmt.Fprintf(g.stdout, "note: %s does not match the running kernel (%s); the daemon %s\n", to, fit.Problem, next)
+						} else if moves {
 							fmt.Fprintf(g.stdout, "note: driver-version %s is not %s; the daemon will %s at its next start: %s\n", g.cfg.Config.DriverVersion, t.Driver, a.Decision.Action, a.Decision.Reason)
 						}
 					}

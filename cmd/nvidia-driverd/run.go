@@ -195,9 +195,7 @@ node_exporter's textfile collector after every change.`,
 				}
 				return l.Config, nil
 			}
-			if g.cfg.Config.Prefetch {
-				g.followUpdates(d)
-			}
+			g.followUpdates(d) // used only while prefetch is on, which a reload may turn on
 			srv := g.metrics(ctx, d)
 			err = d.Run(ctx, hup)
 			cancel() // stops the metrics server

@@ -219,6 +219,7 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 		return err
 	}
 	d.notify(d.Notify.Ready(d.setOutcome(out)))
+	var prefetchMu sync.Mutex // guards stopPrefetch: a re-check restarts the prefetcher
 	stopPrefetch := func() {}
 	startPrefetch := func(idle bool) {
 		if !d.Config.Prefetch || idle { // no GPU: nothing to prefetch for
@@ -236,8 +237,13 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 			<-done
 		}
 	}
-	startPrefetch(out.Idle != "")
-	defer func() { stopPrefetch() }()
+	idle := out.Idle != ""
+	startPrefetch(idle)
+	defer func() {
+		prefetchMu.Lock()
+		defer prefetchMu.Unlock()
+		stopPrefetch()
+	}()
 
 	var tick <-chan time.Time
 	if iv := d.Notify.WatchdogInterval(); iv > 0 {
@@ -258,15 +264,20 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan os.Signal) error {
 	)
 	recheck := func() {
 		d.notify(d.Notify.Reloading("re-checking the driver"))
-		if c, changed := d.reloadConfig(); changed {
-			// Nothing reads the configuration meanwhile: no re-check is
-			// running, and the prefetcher is stopped for the swap.
-			stopPrefetch()
-			d.Config, d.activator.Config = c, c
-			startPrefetch(false)
-		}
 		ch := make(chan result, 1)
 		go func() {
+			// A changed configuration is swapped in here, beside the loop
+			// (which goes on feeding the watchdog while the prefetcher
+			// winds down). Nothing else reads it meanwhile: the loop only
+			// does once this re-check has answered, and the prefetcher is
+			// stopped for the swap.
+			if c, changed := d.reloadConfig(); changed {
+				prefetchMu.Lock()
+				stopPrefetch()
+				d.Config, d.activator.Config = c, c
+				startPrefetch(idle)
+				prefetchMu.Unlock()
+			}
 			out, err := d.Reconcile(ctx)
 			ch <- result{out, err}
 		}()
@@ -541,16 +552,36 @@ func (d *Daemon) reconcile(ctx context.Context, s *store.Store, a engine.Assessm
 	}
 	out := activeOutcome(facts, tree, plan.Driver, digest)
 
-	if _, err := d.Activate(ctx, a, tree); err != nil {
+	act, err := d.Activate(ctx, a, tree)
+	if err != nil {
 		if errors.Is(err, engine.ErrRebootNeeded) {
 			return Outcome{}, err // the old driver is untouched and in use
 		}
 		if tree != before {
 			d.rollback(s, tree, out.Digest, before, err)
 		}
+		if len(act.Unloaded) > 0 {
+			// The running driver was unloaded to make room: bring back the
+			// tree it came from rather than leave the host without one.
+			return Outcome{}, d.restore(ctx, a, before, err)
+		}
 		return Outcome{}, err
 	}
 	return out, nil
+}
+
+// restore activates tree prev again after the driver replacing it failed
+// (cause), its modules having been unloaded first. It returns cause,
+// saying whether the previous driver runs again.
+func (d *Daemon) restore(ctx context.Context, a engine.Assessment, prev string, cause error) error {
+	if prev == "" {
+		return fmt.Errorf("%w; the driver it replaced was not from the store, and no driver is loaded now", cause)
+	}
+	d.Log.Warn("re-activating the driver that ran before: "+prev, zap.String("tree", prev))
+	if _, err := d.Activate(ctx, a, prev); err != nil {
+		return fmt.Errorf("%w; re-activating %s failed too, and no driver is loaded now: %w", cause, prev, err)
+	}
+	return fmt.Errorf("%w; the driver that ran before (%s) is active again", cause, prev)
 }
 
 // Activate makes tree, installed in the store a was made of, the running

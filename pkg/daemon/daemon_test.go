@@ -280,12 +280,25 @@ func TestRun(t *testing.T) {
 		listenNotify(t)
 		r := newRig(t, func(c *config.Config) { c.Modules = []string{} })
 		r.publish(t, driver, kernel)
+		r.loadOld(t, "535.161.07", 0) // the host's own driver, loaded by other means
 		out, err := r.d.Reconcile(context.Background())
 		if err != nil || out.Tree != newTree {
 			t.Fatalf("%+v, %v", out, err)
 		}
 		if got := r.kernel.Loaded(); len(got) != 0 {
 			t.Errorf("loaded %q", got)
+		}
+		if names, _ := r.kernel.Deleted(); len(names) != 0 {
+			t.Errorf("unloaded the host's own driver: %q", names)
+		}
+		// What is wanted is in place: the plan is none, so --ready holds.
+		if err := r.d.Look(func(a engine.Assessment) error {
+			if a.Decision.Action != engine.ActionNone {
+				t.Errorf("plan after activation: %+v", a.Decision)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
 		}
 		if len(r.units.started) != 0 {
 			t.Errorf("started %q without a driver", r.units.started)
@@ -549,6 +562,30 @@ func TestReplaceLoadedDriver(t *testing.T) {
 			t.Errorf("persistenced not started again after the refused unload: %q", r.units.started)
 		}
 	})
+}
+
+func TestFailedReplacementRestoresTheDriverBefore(t *testing.T) {
+	listenNotify(t)
+	r := newRig(t, func(c *config.Config) { c.DriverVersion = "535.161.07" })
+	r.publish(t, "535.161.07", kernel)
+	r.publish(t, driver, kernel)
+	if _, err := r.d.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	old := r.current(t)
+	// 550's nvidia.ko is refused, after 535 was unloaded to make room.
+	r.kernel.Once = map[string]error{"nvidia": syscall.EKEYREJECTED}
+	r.d.Config.DriverVersion, r.d.activator.Config.DriverVersion = driver, driver
+	_, err := r.d.Reconcile(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "the driver that ran before ("+old+") is active again") {
+		t.Fatalf("Reconcile = %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(r.root, "sys/module/nvidia/version")); strings.TrimSpace(string(b)) != "535.161.07" {
+		t.Errorf("nvidia version now %q, want the old driver back", b)
+	}
+	if r.current(t) != old {
+		t.Errorf("current %s, want %s", r.current(t), old)
+	}
 }
 
 func TestReloadChangesTheDriver(t *testing.T) {

@@ -106,7 +106,9 @@ func (a *Activator) Activate(ctx context.Context, h Host, f Facts, tree string) 
 	var out Activation
 	cfg := a.Config
 	loaded, driver := f.LoadedVersion(), filepath.Base(filepath.Dir(tree))
-	if loaded != "" && loaded != driver {
+	// With no modules of ours (modules: []) a driver loaded by other means
+	// is the host's, and stays.
+	if loaded != "" && loaded != driver && len(cfg.Modules) > 0 {
 		var err error
 		out.Unloaded, err = a.unload(ctx, h, fmt.Sprintf("replace nvidia %s with %s", loaded, driver))
 		if err != nil {
@@ -176,8 +178,14 @@ func (a *Activator) Activate(ctx context.Context, h Host, f Facts, tree string) 
 	if cfg.Persistenced != "" && a.Units != nil {
 		// persistenced needs the driver: with no nvidia module live (the
 		// configuration loads none) it would only fail.
-		if m, ok, lerr := h.LoadedModule("nvidia"); lerr != nil || !ok || m.InitState != "live" {
+		m, ok, lerr := h.LoadedModule("nvidia")
+		switch {
+		case lerr != nil || !ok || m.InitState != "live":
 			out.PersistencedSkipped = "the nvidia module is not loaded"
+			return out, nil
+		case len(cfg.Modules) == 0 && m.Version != driver:
+			// modules: [] and the host's own driver of another version.
+			out.PersistencedSkipped = "the nvidia module loaded is " + m.Version + ", not " + driver
 			return out, nil
 		}
 		err = a.step("persistenced", func() error {
@@ -202,16 +210,19 @@ func (a *Activator) unload(ctx context.Context, h Host, what string) ([]string, 
 		}
 		var err error
 		unloaded, err = kmod.Unload(a.Syscalls, h, a.Config.Modules)
-		if errors.Is(err, kmod.ErrBusy) {
+		if errors.Is(err, kmod.ErrBusy) && len(unloaded) == 0 {
+			// Nothing was unloaded: the driver stays as it was, and so
+			// does persistenced.
 			err = fmt.Errorf("%s: %w: %w%s", what, ErrRebootNeeded, err, heldBy(h))
-			// The driver stays as it was, so does persistenced.
-			if len(unloaded) == 0 && a.Config.Persistenced != "" && a.Units != nil {
+			if a.Config.Persistenced != "" && a.Units != nil {
 				if serr := a.Units.Start(ctx, a.Config.Persistenced); serr != nil {
 					err = errors.Join(err, fmt.Errorf("start %s again: %w", a.Config.Persistenced, serr))
 				}
 			}
 			return err
 		}
+		// Busy after part of it went (a process opened the GPU meanwhile):
+		// an ordinary failure, so that the caller restores the driver.
 		if err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
@@ -254,32 +265,35 @@ func (a *Activator) stopPersistenced(ctx context.Context) error {
 func (a *Activator) Deactivate(ctx context.Context, h Host) (Activation, error) {
 	var out Activation
 	cfg := a.Config
-	var err error
-	out.Unloaded, err = a.unload(ctx, h, "unload the driver")
-	if err != nil {
-		return out, err
-	}
-	err = a.step("devices", func() error {
+	if len(cfg.Modules) > 0 { // modules: [] loads none, so it unloads none
 		var err error
-		out.Devices, err = kmod.RemoveDevices(h)
-		return err
-	})
-	if err != nil {
-		return out, err
-	}
-	if cfg.CDIDir != "" {
-		if err = a.step("cdi", func() error { return a.removeCDI(h, &out) }); err != nil {
+		out.Unloaded, err = a.unload(ctx, h, "unload the driver")
+		if err != nil {
+			return out, err // the driver still runs: leave the rest in place
+		}
+		err = a.step("devices", func() error {
+			var err error
+			out.Devices, err = kmod.RemoveDevices(h)
+			return err
+		})
+		if err != nil {
 			return out, err
 		}
 	}
-	err = a.step("libraries", func() error {
+	// With the modules gone, the rest is taken down whatever fails on the
+	// way, each failure reported.
+	var errs []error
+	if cfg.CDIDir != "" {
+		errs = append(errs, a.step("cdi", func() error { return a.removeCDI(h, &out) }))
+	}
+	errs = append(errs, a.step("libraries", func() error {
 		var err error
 		out.Libs, err = libs.Deactivate(a.Mounter, libs.Config{
 			FS: h.FS(), Store: cfg.Store, Mountinfo: a.Mountinfo, Ldconfig: a.Ldconfig,
 		})
 		return err
-	})
-	return out, err
+	}))
+	return out, errors.Join(errs...)
 }
 
 // Undo takes back an activation that failed: Deactivate, then the host's

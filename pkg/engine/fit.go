@@ -37,6 +37,12 @@ func Judge(t store.Tree, k Kernel, modules []string) Fit {
 			fit.Vermagic = strings.TrimSpace(m.Info.Vermagic)
 		}
 	}
+	if len(here) == 0 && len(kernels) == 0 && len(modules) == 0 {
+		// A tree of user space alone, with nothing to load (modules: []):
+		// it fits any kernel. One built for another kernel still does not.
+		fit.Matches = true
+		return fit
+	}
 	if len(here) == 0 {
 		if len(kernels) == 0 {
 			fit.Problem = "no kernel modules in the tree"

@@ -84,6 +84,12 @@ func plan(f Facts, cfg config.Config, st store.State) Decision {
 	loaded := f.LoadedVersion()
 
 	switch {
+	case len(cfg.Modules) == 0 && currentOK && current.Driver == driver:
+		// User space only: nothing of ours to load, so a current tree that
+		// fits is the whole of what is wanted (activating it again is
+		// idempotent).
+		return Decision{Action: ActionNone, Driver: driver, Tree: current.Path,
+			Reason: fmt.Sprintf("modules is empty: the user space of %s, loading no module", current.Path)}
 	case loaded == driver && (current == nil || currentOK):
 		d := Decision{Action: ActionNone, Driver: driver}
 		if current == nil {

@@ -14,8 +14,10 @@ const (
 	limitKeys    = 1 << 20
 )
 
-// The keyrings the kernel checks module signatures against.
-var moduleKeyrings = []string{".builtin_trusted_keys", ".secondary_trusted_keys", ".platform"}
+// The keyrings the kernel checks module signatures against. .machine (MOK
+// keys, Linux 5.18+) is linked into .secondary_trusted_keys; linked
+// keyrings are followed.
+var moduleKeyrings = []string{".builtin_trusted_keys", ".secondary_trusted_keys", ".platform", ".machine"}
 
 // TrustedKey is a public key the kernel holds for verifying signatures.
 type TrustedKey struct {
@@ -60,13 +62,29 @@ func (h *Host) TrustedKeys() []TrustedKey {
 	}
 	keyring := map[int32]string{}
 	if h.fs.IsHost() {
+		isKeyring := map[int32]bool{}
+		for _, e := range entries {
+			isKeyring[e.id] = e.typ == "keyring"
+		}
+		seen := map[int32]bool{}
+		var walk func(id int32, name string)
+		walk = func(id int32, name string) {
+			if seen[id] {
+				return
+			}
+			seen[id] = true
+			for _, member := range keyringMembers(id) {
+				if isKeyring[member] {
+					walk(member, name)
+				} else if keyring[member] == "" {
+					keyring[member] = name
+				}
+			}
+		}
 		for _, e := range entries {
 			name, _, _ := strings.Cut(e.detail, ":")
-			if e.typ != "keyring" || !slices.Contains(moduleKeyrings, name) {
-				continue
-			}
-			for _, member := range keyringMembers(e.id) {
-				keyring[member] = name
+			if e.typ == "keyring" && slices.Contains(moduleKeyrings, name) {
+				walk(e.id, name)
 			}
 		}
 	}

@@ -67,12 +67,15 @@ func (h *Host) KernelLog(since time.Duration, keep func(string) bool, max int) (
 		}
 	}
 	buf := make([]byte, 16<<10) // a record is at most ~8 KiB
-	var total int
+	var total, retries int
 	var partial string // a regular file's read may end mid-line
 	for total < limitKmsg {
 		n, err := unix.Read(fd, buf)
 		switch {
 		case errors.Is(err, unix.EPIPE), errors.Is(err, unix.EINTR):
+			if retries++; retries > 1000 { // overwritten faster than read
+				return kept, nil
+			}
 			continue
 		case errors.Is(err, unix.EAGAIN):
 			return kept, nil

@@ -24,7 +24,7 @@ func (p *planner) explain(n *node, flags int, err error, said string) error {
 	errors.As(err, &errno)
 	switch {
 	case (errno == unix.EKEYREJECTED || errno == unix.ENOKEY) && p.sigs[name] != nil:
-		return fmt.Errorf("load module %s: %s: %w: %s%s: %w", name, path, ErrUnsigned, p.untrusted(p.sigs[name]), said, err)
+		return fmt.Errorf("load module %s: %s: %w: %s%s: %w", name, path, ErrUnsigned, p.untrusted(p.sigs[name], said), said, err)
 	case errno == unix.EKEYREJECTED:
 		return fmt.Errorf("load module %s: %s: %w (unsigned, or signed with a key it does not trust)%s: %w", name, path, ErrUnsigned, said, err)
 	case errno == unix.EPERM && p.enforced:
@@ -35,17 +35,24 @@ func (p *planner) explain(n *node, flags int, err error, said string) error {
 	return fmt.Errorf("load module %s: %s: %s%s: %w", name, path, p.meaning(n, errno), said, err)
 }
 
-// untrusted says whom sig names as its signer and which keys the kernel
-// trusts instead, for a signature the kernel refused.
-func (p *planner) untrusted(sig *modinfo.Signature) string {
-	who := "an unnamed key"
+// untrusted says which certificate sig names and which keys the kernel
+// trusts, for a signature the kernel refused. The kernel's own words (said)
+// tell an unknown key ("unavailable key") from a signature that did not
+// verify; the certificate is named by its issuer and serial number, as
+// PKCS#7 does.
+func (p *planner) untrusted(sig *modinfo.Signature, said string) string {
+	who := "an unnamed certificate"
 	switch {
 	case sig.Signer != "" && sig.KeyID != "":
-		who = fmt.Sprintf("%q (key id %s)", sig.Signer, sig.KeyID)
+		who = fmt.Sprintf("a certificate issued by %q (serial %s)", sig.Signer, sig.KeyID)
 	case sig.KeyID != "":
-		who = "key id " + sig.KeyID
+		who = "the key with identifier " + sig.KeyID
 	}
-	return fmt.Sprintf("signed by %s, which the kernel does not trust; it trusts %s", who, p.trustedKeys())
+	verdict := "which the kernel did not accept (a key it does not trust, a signature that does not verify, or crypto it lacks)"
+	if strings.Contains(said, "unavailable key") {
+		verdict = "a key the kernel does not trust"
+	}
+	return fmt.Sprintf("signed with %s, %s; it trusts %s", who, verdict, p.trustedKeys())
 }
 
 // trustedKeys names the keys the kernel checks module signatures against,

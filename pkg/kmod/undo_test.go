@@ -61,7 +61,7 @@ func TestUntrustedSignerIsNamed(t *testing.T) {
 	f.write("sys/module/module/parameters/sig_enforce", "Y\n")
 	f.write("proc/keys", "0f0ba0b6 I------     1 perm 1f030000     0     0 asymmetri Debian Secure Boot CA: 6ccece7e: X509.rsa 6ccece7e []\n")
 	_, err := Load(fakeKernel(f.root, map[string]error{"nvidia": unix.EKEYREJECTED}), f.req)
-	want := `signed by key id 22c06ce381db0c64eb45d08a33a906addd267cc2, which the kernel does not trust; it trusts "Debian Secure Boot CA: 6ccece7e"`
+	want := `signed with the key with identifier 22c06ce381db0c64eb45d08a33a906addd267cc2, which the kernel did not accept (a key it does not trust, a signature that does not verify, or crypto it lacks); it trusts "Debian Secure Boot CA: 6ccece7e"`
 	if !errors.Is(err, ErrUnsigned) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("err %v\nwant it to say %s", err, want)
 	}

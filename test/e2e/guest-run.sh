@@ -426,8 +426,8 @@ sig-untrusted)
 	if [ "$state" != active ]; then ok "nvidia-driverd not ready ($state)"; else nok "nvidia-driverd became active"; fi
 	st=$(prop nvidia-driverd StatusText)
 	case $st in
-	*"signed by \"nvidia-driverd e2e throwaway key\" (key id $serial), which the kernel does not trust; it trusts \""*) ok "status text: $st" ;;
-	*) nok "status text does not name the signer, key id $serial and the trusted keys: '$st'" ;;
+	*"signed with a certificate issued by \"nvidia-driverd e2e throwaway key\" (serial $serial), a key the kernel does not trust; it trusts \""*) ok "status text: $st" ;;
+	*) nok "status text does not name the certificate, serial $serial and the trusted keys: '$st'" ;;
 	esac
 	plain_journal "the kernel's own verdict quoted" "the kernel said: .*Loading of module with unavailable key is rejected"
 	eq "nvidia not loaded" "$(test -e /sys/module/nvidia/initstate && echo loaded || echo absent)" absent

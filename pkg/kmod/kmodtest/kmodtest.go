@@ -31,6 +31,8 @@ type Call struct {
 type Syscalls struct {
 	Root string
 	Errs map[string]error
+	// Once scripts an error for a module's next finit_module only.
+	Once map[string]error
 
 	mu          sync.Mutex
 	calls       []Call
@@ -50,6 +52,10 @@ func (k *Syscalls) FinitModule(f *os.File, params string, flags int) error {
 	defer k.mu.Unlock()
 	k.calls = append(k.calls, Call{Name: name, Params: params, Flags: flags, Compression: info.Compression})
 	if err := k.Errs[name]; err != nil {
+		return err
+	}
+	if err := k.Once[name]; err != nil {
+		delete(k.Once, name)
 		return err
 	}
 	if k.Root == "" {
