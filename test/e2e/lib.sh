@@ -40,7 +40,8 @@ die() { log "error: $*"; exit 1; }
 key() {
 	local a
 	for a in "$@"; do
-		if [ -f "$a" ]; then sha256sum "$a"; else printf '%s\n' "$a"; fi
+		# Contents only: the same inputs in another checkout give the same key.
+		if [ -f "$a" ]; then sha256sum <"$a"; else printf '%s\n' "$a"; fi
 	done | sha256sum | cut -c1-16
 }
 
