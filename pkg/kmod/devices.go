@@ -20,6 +20,16 @@ const (
 	nodeMode     = 0o666
 )
 
+// The nodes of fixed name Devices makes (beside nvidiaN), and
+// RemoveDevices removes.
+const (
+	nodeCtl       = "nvidiactl"
+	nodeModeset   = "nvidia-modeset"
+	nodeUVM       = "nvidia-uvm"
+	nodeUVMTools  = "nvidia-uvm-tools"
+	nodeGPUPrefix = "nvidia" // + the GPU's minor
+)
+
 // devNode is a character device node to have in the host's /dev.
 type devNode struct {
 	name         string
@@ -77,23 +87,23 @@ func Devices(host Host, gpus []string) ([]string, error) {
 // wantedNodes returns the nodes Devices is to make. It returns an error
 // as Devices describes.
 func wantedNodes(host Host, gpus []string) ([]devNode, error) {
-	nodes := []devNode{{"nvidiactl", nvidiaMajor, ctlMinor}}
+	nodes := []devNode{{nodeCtl, nvidiaMajor, ctlMinor}}
 	for i, addr := range slices.Sorted(slices.Values(gpus)) {
 		minor, err := gpuMinor(host, addr, i)
 		if err != nil {
 			return nil, err
 		}
-		nodes = append(nodes, devNode{"nvidia" + strconv.Itoa(int(minor)), nvidiaMajor, minor})
+		nodes = append(nodes, devNode{nodeGPUPrefix + strconv.Itoa(int(minor)), nvidiaMajor, minor})
 	}
 	if live(host, "nvidia_modeset") {
-		nodes = append(nodes, devNode{"nvidia-modeset", nvidiaMajor, modesetMinor})
+		nodes = append(nodes, devNode{nodeModeset, nvidiaMajor, modesetMinor})
 	}
 	if live(host, "nvidia_uvm") {
 		major, err := host.CharDeviceMajor("nvidia-uvm")
 		if err != nil {
 			return nil, fmt.Errorf("create nvidia-uvm device nodes: %w", err)
 		}
-		nodes = append(nodes, devNode{"nvidia-uvm", major, 0}, devNode{"nvidia-uvm-tools", major, 1})
+		nodes = append(nodes, devNode{nodeUVM, major, 0}, devNode{nodeUVMTools, major, 1})
 	}
 	return nodes, nil
 }
@@ -208,10 +218,10 @@ func RemoveDevices(host Host) ([]string, error) {
 // isNvidiaNodeName reports whether name is one of the nodes Devices makes.
 func isNvidiaNodeName(name string) bool {
 	switch name {
-	case "nvidiactl", "nvidia-modeset", "nvidia-uvm", "nvidia-uvm-tools":
+	case nodeCtl, nodeModeset, nodeUVM, nodeUVMTools:
 		return true
 	}
-	n, ok := strings.CutPrefix(name, "nvidia")
+	n, ok := strings.CutPrefix(name, nodeGPUPrefix)
 	if !ok || n == "" {
 		return false
 	}
